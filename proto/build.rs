@@ -2,7 +2,10 @@
 //! and generates prost messages plus the tonic client and server.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["proto/sentinel/v1/resources.proto", "proto/sentinel/v1/stream.proto"];
+    let files = [
+        "proto/sentinel/v1/resources.proto",
+        "proto/sentinel/v1/stream.proto",
+    ];
     for file in files {
         println!("cargo:rerun-if-changed={file}");
     }

@@ -51,7 +51,11 @@ impl SourceMap {
     pub(crate) fn new(file: &str, text: &str) -> Self {
         let mut line_starts = vec![0];
         line_starts.extend(text.match_indices('\n').map(|(i, _)| i + 1));
-        Self { file: file.to_string(), text: Arc::new(text.to_string()), line_starts }
+        Self {
+            file: file.to_string(),
+            text: Arc::new(text.to_string()),
+            line_starts,
+        }
     }
 
     pub(crate) fn diagnostic(
@@ -71,8 +75,12 @@ impl SourceMap {
             Err(i) => i - 1,
         };
         let line_start = self.line_starts[line_index];
-        let line_end = text[line_start..].find('\n').map_or(text.len(), |i| line_start + i);
-        let source_line = text[line_start..line_end].trim_end_matches('\r').to_string();
+        let line_end = text[line_start..]
+            .find('\n')
+            .map_or(text.len(), |i| line_start + i);
+        let source_line = text[line_start..line_end]
+            .trim_end_matches('\r')
+            .to_string();
         let column = text[line_start..offset].chars().count() + 1;
         Diagnostic {
             file: self.file.clone(),
@@ -89,7 +97,11 @@ impl SourceMap {
     pub(crate) fn finish(self, mut diagnostics: Vec<Diagnostic>) -> Diagnostics {
         diagnostics.sort_by_key(|d| (d.offset, d.length));
         diagnostics.dedup();
-        Diagnostics { file: self.file, source: self.text.to_string(), diagnostics }
+        Diagnostics {
+            file: self.file,
+            source: self.text.to_string(),
+            diagnostics,
+        }
     }
 }
 
@@ -118,13 +130,20 @@ impl Diagnostics {
     /// Renders every diagnostic as miette does: message, `file:line:col`,
     /// the source excerpt with a caret under the span, and the help line.
     pub fn render(&self, color: bool) -> String {
-        let theme = if color { GraphicalTheme::unicode() } else { GraphicalTheme::unicode_nocolor() };
+        let theme = if color {
+            GraphicalTheme::unicode()
+        } else {
+            GraphicalTheme::unicode_nocolor()
+        };
         let handler = GraphicalReportHandler::new_themed(theme).with_context_lines(1);
         let source = Arc::new(self.source.clone());
         let named = NamedSource::new(&self.file, source).with_language("kdl");
         let mut out = String::new();
         for diagnostic in &self.diagnostics {
-            let one = Rendered { diagnostic, source: &named };
+            let one = Rendered {
+                diagnostic,
+                source: &named,
+            };
             if handler.render_report(&mut out, &one).is_err() {
                 // Rendering into a String cannot fail for I/O reasons; fall back
                 // to the plain form rather than lose the message.
@@ -139,7 +158,12 @@ impl Diagnostics {
     /// "config.kdl: 3 errors".
     pub fn summary(&self) -> String {
         let n = self.diagnostics.len();
-        format!("{}: {} error{}", self.file, n, if n == 1 { "" } else { "s" })
+        format!(
+            "{}: {} error{}",
+            self.file,
+            n,
+            if n == 1 { "" } else { "s" }
+        )
     }
 }
 
@@ -156,7 +180,11 @@ impl std::error::Error for Diagnostics {}
 
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}: error: {}", self.file, self.line, self.column, self.message)?;
+        write!(
+            f,
+            "{}:{}:{}: error: {}",
+            self.file, self.line, self.column, self.message
+        )?;
         if let Some(help) = &self.help {
             write!(f, " (help: {help})")?;
         }
@@ -186,19 +214,31 @@ impl std::error::Error for Rendered<'_> {}
 
 impl miette::Diagnostic for Rendered<'_> {
     fn source_code(&self) -> Option<&dyn miette::SourceCode> {
-        if self.source.inner().is_empty() { None } else { Some(self.source) }
+        if self.source.inner().is_empty() {
+            None
+        } else {
+            Some(self.source)
+        }
     }
 
     fn labels(&self) -> Option<Box<dyn Iterator<Item = LabeledSpan> + '_>> {
         if self.source.inner().is_empty() {
             return None;
         }
-        let span = SourceSpan::from(self.diagnostic.offset..self.diagnostic.offset + self.diagnostic.length);
-        Some(Box::new(std::iter::once(LabeledSpan::new_with_span(Some("here".to_string()), span))))
+        let span = SourceSpan::from(
+            self.diagnostic.offset..self.diagnostic.offset + self.diagnostic.length,
+        );
+        Some(Box::new(std::iter::once(LabeledSpan::new_with_span(
+            Some("here".to_string()),
+            span,
+        ))))
     }
 
     fn help<'b>(&'b self) -> Option<Box<dyn fmt::Display + 'b>> {
-        self.diagnostic.help.as_ref().map(|h| Box::new(h) as Box<dyn fmt::Display>)
+        self.diagnostic
+            .help
+            .as_ref()
+            .map(|h| Box::new(h) as Box<dyn fmt::Display>)
     }
 }
 
@@ -217,7 +257,11 @@ mod tests {
     #[test]
     fn render_shows_file_position_caret_and_help() {
         let map = SourceMap::new("a.kdl", "server {\n  wokers 2\n}\n");
-        let d = map.diagnostic(SourceSpan::from(11..17), "unknown node `wokers`".into(), Some("did you mean `workers`?".into()));
+        let d = map.diagnostic(
+            SourceSpan::from(11..17),
+            "unknown node `wokers`".into(),
+            Some("did you mean `workers`?".into()),
+        );
         let text = map.finish(vec![d]).render(false);
         assert!(text.contains("unknown node `wokers`"), "{text}");
         assert!(text.contains("a.kdl:2:3"), "{text}");

@@ -42,10 +42,10 @@ fn pieces(s: &str) -> Result<Vec<Piece<'_>>, EnvError> {
     let mut rest = s;
     while let Some(i) = rest.find('$') {
         let after = &rest[i + 1..];
-        if after.starts_with("${") {
+        if let Some(literal) = after.strip_prefix("${") {
             out.push(Piece::Text(&rest[..i + 1]));
             out.push(Piece::Text("{"));
-            rest = &after[2..];
+            rest = literal;
             continue;
         }
         if !after.starts_with('{') {
@@ -63,7 +63,10 @@ fn pieces(s: &str) -> Result<Vec<Piece<'_>>, EnvError> {
         if !valid_name(name) {
             return Err(EnvError::InvalidName(name.to_string()));
         }
-        out.push(Piece::Ref(Reference { name: name.to_string(), default }));
+        out.push(Piece::Ref(Reference {
+            name: name.to_string(),
+            default,
+        }));
         rest = &after[body_end + 1..];
     }
     out.push(Piece::Text(rest));
@@ -120,17 +123,35 @@ mod tests {
     #[test]
     fn expands_set_and_default_references() {
         assert_eq!(expand("127.0.0.1:${PORT}", env).unwrap(), "127.0.0.1:9000");
-        assert_eq!(expand("${HOST:-0.0.0.0}:${PORT}", env).unwrap(), "0.0.0.0:9000");
+        assert_eq!(
+            expand("${HOST:-0.0.0.0}:${PORT}", env).unwrap(),
+            "0.0.0.0:9000"
+        );
         assert_eq!(expand("plain", env).unwrap(), "plain");
-        assert_eq!(expand("cost $5 and $${LITERAL}", env).unwrap(), "cost $5 and ${LITERAL}");
+        assert_eq!(
+            expand("cost $5 and $${LITERAL}", env).unwrap(),
+            "cost $5 and ${LITERAL}"
+        );
     }
 
     #[test]
     fn reports_syntax_and_missing_variables() {
         assert_eq!(expand("${OOPS", env), Err(EnvError::Unterminated));
-        assert_eq!(expand("${1X}", env), Err(EnvError::InvalidName("1X".into())));
-        assert_eq!(expand("${NOPE}", env), Err(EnvError::Missing("NOPE".into())));
+        assert_eq!(
+            expand("${1X}", env),
+            Err(EnvError::InvalidName("1X".into()))
+        );
+        assert_eq!(
+            expand("${NOPE}", env),
+            Err(EnvError::Missing("NOPE".into()))
+        );
         assert_eq!(with_defaults("${A:-x}${B}"), None);
-        assert_eq!(references("a${B:-c}").unwrap(), vec![Reference { name: "B".into(), default: Some("c".into()) }]);
+        assert_eq!(
+            references("a${B:-c}").unwrap(),
+            vec![Reference {
+                name: "B".into(),
+                default: Some("c".into())
+            }]
+        );
     }
 }

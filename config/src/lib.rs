@@ -33,7 +33,24 @@ pub fn compile_file(path: &std::path::Path) -> Result<Snapshot, Diagnostics> {
     let file = path.display().to_string();
     match std::fs::read_to_string(path) {
         Ok(text) => compile(&file, &text),
-        Err(e) => Err(Diagnostics::whole_file(&file, format!("cannot read {file}: {e}"))),
+        Err(e) => Err(Diagnostics::whole_file(
+            &file,
+            format!("cannot read {file}: {e}"),
+        )),
+    }
+}
+
+/// The `validate` command shared by `sentinelctl validate` and
+/// `sentinel --validate`: `Ok(summary line)` or `Err(rendered diagnostics)`.
+pub fn validate_file(path: &std::path::Path, color: bool) -> Result<String, String> {
+    match compile_file(path) {
+        Ok(snapshot) => Ok(format!(
+            "{}: valid: {} (config {})",
+            path.display(),
+            snapshot.summary(),
+            &snapshot.config_hash()[..12]
+        )),
+        Err(diagnostics) => Err(diagnostics.render(color)),
     }
 }
 
@@ -57,7 +74,10 @@ routes {
     #[test]
     fn minimal_compiles_with_defaults() {
         let s = crate::compile("m.kdl", MINIMAL).unwrap();
-        assert_eq!(s.summary().to_string(), "1 listeners, 1 routes, 1 upstreams (1 static targets), 0 filters, 0 agents");
+        assert_eq!(
+            s.summary().to_string(),
+            "1 listeners, 1 routes, 1 upstreams (1 static targets), 0 filters, 0 agents"
+        );
         assert_eq!(s.routes[0].priority, 500);
         assert_eq!(s.upstreams[0].timeouts.as_ref().unwrap().connect_ms, 5000);
     }
@@ -66,7 +86,8 @@ routes {
     fn printed_form_compiles_to_the_same_snapshot() {
         let s = crate::compile("m.kdl", MINIMAL).unwrap();
         let printed = crate::print(&s);
-        let back = crate::compile("printed.kdl", &printed).unwrap_or_else(|d| panic!("{}\n{printed}", d.render(false)));
+        let back = crate::compile("printed.kdl", &printed)
+            .unwrap_or_else(|d| panic!("{}\n{printed}", d.render(false)));
         assert_eq!(back, s);
     }
 }

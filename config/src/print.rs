@@ -38,11 +38,18 @@ fn b(v: bool) -> &'static str {
 
 fn f(v: f64) -> String {
     let s = format!("{v:?}");
-    if s.contains('.') || s.contains('e') { s } else { format!("{s}.0") }
+    if s.contains('.') || s.contains('e') {
+        s
+    } else {
+        format!("{s}.0")
+    }
 }
 
 fn enum_name<T: Copy + PartialEq>(choices: &[(&'static str, T)], value: T) -> &'static str {
-    choices.iter().find(|(_, v)| *v == value).map_or("", |(k, _)| k)
+    choices
+        .iter()
+        .find(|(_, v)| *v == value)
+        .map_or("", |(k, _)| k)
 }
 
 struct Out {
@@ -72,7 +79,10 @@ impl Out {
 
 /// Renders `snapshot` as a normalized KDL 2.0 document.
 pub fn print(snapshot: &Snapshot) -> String {
-    let mut o = Out { text: String::new(), depth: 0 };
+    let mut o = Out {
+        text: String::new(),
+        depth: 0,
+    };
     o.line("// Normalized by sentinel: every value explicit, resources sorted by name.");
     settings(&mut o, &snapshot.settings);
     if !snapshot.listeners.is_empty() {
@@ -115,16 +125,22 @@ pub fn print(snapshot: &Snapshot) -> String {
 }
 
 fn settings(o: &mut Out, s: &pb::Settings) {
-    let server = s.server.clone().unwrap_or_default();
+    let server = s.server.unwrap_or_default();
     o.open("server");
     o.line(format!("worker-threads {}", server.worker_threads));
     o.line(format!("max-connections {}", server.max_connections));
-    o.line(format!("graceful-shutdown-timeout-secs {}", server.graceful_shutdown_timeout_ms / 1000));
+    o.line(format!(
+        "graceful-shutdown-timeout-secs {}",
+        server.graceful_shutdown_timeout_ms / 1000
+    ));
     o.close();
-    let limits = s.limits.clone().unwrap_or_default();
+    let limits = s.limits.unwrap_or_default();
     o.open("limits");
     if limits.max_total_connections > 0 {
-        o.line(format!("max-total-connections {}", limits.max_total_connections));
+        o.line(format!(
+            "max-total-connections {}",
+            limits.max_total_connections
+        ));
     }
     o.line(format!("max-header-bytes {}", limits.max_header_bytes));
     o.line(format!("max-headers {}", limits.max_headers));
@@ -142,7 +158,10 @@ fn settings(o: &mut Out, s: &pb::Settings) {
     o.open("tracing");
     o.line(format!("enabled {}", b(t.enabled)));
     if !t.otlp_endpoint.is_empty() {
-        o.line(format!("backend \"otlp\" {{ endpoint {}; }}", q(&t.otlp_endpoint)));
+        o.line(format!(
+            "backend \"otlp\" {{ endpoint {}; }}",
+            q(&t.otlp_endpoint)
+        ));
     }
     o.line(format!("sampling-rate {}", f(t.sampling_rate)));
     o.line(format!("service-name {}", q(&t.service_name)));
@@ -151,7 +170,11 @@ fn settings(o: &mut Out, s: &pb::Settings) {
     let l = obs.logging.unwrap_or_default();
     o.open("logging");
     o.line(format!("level {}", q(&l.level)));
-    let format = if l.format == pb::LogFormat::Json as i32 { "json" } else { "text" };
+    let format = if l.format == pb::LogFormat::Json as i32 {
+        "json"
+    } else {
+        "text"
+    };
     o.line(format!("format {}", q(format)));
     o.line(format!("access-log {}", b(l.access_log)));
     o.close();
@@ -162,14 +185,23 @@ fn listener(o: &mut Out, l: &pb::Listener) {
     o.open(format!("listener {}", q(&l.name)));
     o.line(format!("address {}", q(&l.address)));
     let https = l.protocol == pb::ListenerProtocol::Https as i32;
-    o.line(format!("protocol {}", if https { "\"https\"" } else { "\"http\"" }));
+    o.line(format!(
+        "protocol {}",
+        if https { "\"https\"" } else { "\"http\"" }
+    ));
     if let (true, Some(t)) = (https, &l.tls) {
         o.open("tls");
         o.line(format!("cert-file {}", q(&t.cert_file)));
         o.line(format!("key-file {}", q(&t.key_file)));
         let v13 = t.min_version == pb::TlsVersion::TlsVersion13 as i32;
-        o.line(format!("min-version {}", if v13 { "\"1.3\"" } else { "\"1.2\"" }));
-        o.line(format!("alpn {}", t.alpn.iter().map(|a| q(a)).collect::<Vec<_>>().join(" ")));
+        o.line(format!(
+            "min-version {}",
+            if v13 { "\"1.3\"" } else { "\"1.2\"" }
+        ));
+        o.line(format!(
+            "alpn {}",
+            t.alpn.iter().map(|a| q(a)).collect::<Vec<_>>().join(" ")
+        ));
         if !t.client_ca_file.is_empty() {
             o.line(format!("client-ca-file {}", q(&t.client_ca_file)));
         }
@@ -179,8 +211,14 @@ fn listener(o: &mut Out, l: &pb::Listener) {
         o.line(format!("max-connections {}", l.max_connections));
     }
     o.line(format!("http2 {}", b(l.http2)));
-    o.line(format!("keepalive-timeout-secs {}", l.keepalive_timeout_ms / 1000));
-    o.line(format!("header-read-timeout-secs {}", l.header_read_timeout_ms / 1000));
+    o.line(format!(
+        "keepalive-timeout-secs {}",
+        l.keepalive_timeout_ms / 1000
+    ));
+    o.line(format!(
+        "header-read-timeout-secs {}",
+        l.header_read_timeout_ms / 1000
+    ));
     if !l.default_route.is_empty() {
         o.line(format!("default-route {}", q(&l.default_route)));
     }
@@ -188,7 +226,11 @@ fn listener(o: &mut Out, l: &pb::Listener) {
 }
 
 fn failure_mode(v: i32) -> &'static str {
-    if v == pb::FailureMode::Open as i32 { "\"open\"" } else { "\"closed\"" }
+    if v == pb::FailureMode::Open as i32 {
+        "\"open\""
+    } else {
+        "\"closed\""
+    }
 }
 
 fn route(o: &mut Out, r: &pb::Route) {
@@ -217,10 +259,16 @@ fn route(o: &mut Out, r: &pb::Route) {
             o.line(format!("path-regex {}", q(&m.path_regex)));
         }
         if !m.hosts.is_empty() {
-            o.line(format!("host {}", m.hosts.iter().map(|h| q(h)).collect::<Vec<_>>().join(" ")));
+            o.line(format!(
+                "host {}",
+                m.hosts.iter().map(|h| q(h)).collect::<Vec<_>>().join(" ")
+            ));
         }
         if !m.methods.is_empty() {
-            o.line(format!("method {}", m.methods.iter().map(|h| q(h)).collect::<Vec<_>>().join(" ")));
+            o.line(format!(
+                "method {}",
+                m.methods.iter().map(|h| q(h)).collect::<Vec<_>>().join(" ")
+            ));
         }
         for h in &m.headers {
             if h.present_only {
@@ -240,17 +288,26 @@ fn route(o: &mut Out, r: &pb::Route) {
     }
     o.line(format!("upstream {}", q(&r.upstream)));
     if !r.filters.is_empty() {
-        o.line(format!("filters {}", r.filters.iter().map(|x| q(x)).collect::<Vec<_>>().join(" ")));
+        o.line(format!(
+            "filters {}",
+            r.filters.iter().map(|x| q(x)).collect::<Vec<_>>().join(" ")
+        ));
     }
     if !r.agents.is_empty() {
-        o.line(format!("agents {}", r.agents.iter().map(|x| q(x)).collect::<Vec<_>>().join(" ")));
+        o.line(format!(
+            "agents {}",
+            r.agents.iter().map(|x| q(x)).collect::<Vec<_>>().join(" ")
+        ));
     }
     let p = r.policies.clone().unwrap_or_default();
     o.open("policies");
     o.line(format!("timeout-secs {}", p.timeout_ms / 1000));
     o.line(format!("failure-mode {}", failure_mode(p.failure_mode)));
     o.line(format!("max-body-bytes {}", p.max_body_bytes));
-    for (label, rw) in [("request-headers", &p.request_headers), ("response-headers", &p.response_headers)] {
+    for (label, rw) in [
+        ("request-headers", &p.request_headers),
+        ("response-headers", &p.response_headers),
+    ] {
         let Some(rw) = rw else { continue };
         if rw.set.is_empty() && rw.remove.is_empty() {
             continue;
@@ -260,7 +317,10 @@ fn route(o: &mut Out, r: &pb::Route) {
             o.line(format!("set {} {}", q(&s.name), q(&s.value)));
         }
         if !rw.remove.is_empty() {
-            o.line(format!("remove {}", rw.remove.iter().map(|x| q(x)).collect::<Vec<_>>().join(" ")));
+            o.line(format!(
+                "remove {}",
+                rw.remove.iter().map(|x| q(x)).collect::<Vec<_>>().join(" ")
+            ));
         }
         o.close();
     }
@@ -274,8 +334,16 @@ fn upstream(o: &mut Out, u: &pb::Upstream, endpoints: Option<&pb::Endpoints>) {
     match u.discovery.as_ref().and_then(|d| d.source.as_ref()) {
         None | Some(Source::Static(_)) => {
             for t in endpoints.map(|e| e.targets.as_slice()).unwrap_or_default() {
-                let zone = if t.zone.is_empty() { String::new() } else { format!(" zone={}", q(&t.zone)) };
-                o.line(format!("target {} weight={}{zone}", q(&t.address), t.weight));
+                let zone = if t.zone.is_empty() {
+                    String::new()
+                } else {
+                    format!(" zone={}", q(&t.zone))
+                };
+                o.line(format!(
+                    "target {} weight={}{zone}",
+                    q(&t.address),
+                    t.weight
+                ));
             }
         }
         Some(Source::Dns(d)) => {
@@ -290,7 +358,10 @@ fn upstream(o: &mut Out, u: &pb::Upstream, endpoints: Option<&pb::Endpoints>) {
                 _ => "A",
             };
             o.line(format!("record-type {}", q(rt)));
-            o.line(format!("refresh-interval-secs {}", d.refresh_interval_ms / 1000));
+            o.line(format!(
+                "refresh-interval-secs {}",
+                d.refresh_interval_ms / 1000
+            ));
             if !d.resolver.is_empty() {
                 o.line(format!("resolver {}", q(&d.resolver)));
             }
@@ -307,7 +378,10 @@ fn upstream(o: &mut Out, u: &pb::Upstream, endpoints: Option<&pb::Endpoints>) {
                 o.line(format!("tag {}", q(&c.tag)));
             }
             o.line(format!("healthy-only {}", b(c.healthy_only)));
-            o.line(format!("refresh-interval-secs {}", c.refresh_interval_ms / 1000));
+            o.line(format!(
+                "refresh-interval-secs {}",
+                c.refresh_interval_ms / 1000
+            ));
             if !c.token.is_empty() {
                 o.line(format!("token {}", q(&c.token)));
             }
@@ -318,7 +392,10 @@ fn upstream(o: &mut Out, u: &pb::Upstream, endpoints: Option<&pb::Endpoints>) {
             o.line(format!("namespace {}", q(&k.namespace)));
             o.line(format!("service {}", q(&k.service)));
             o.line(format!("port {}", q(&k.port)));
-            o.line(format!("refresh-interval-secs {}", k.refresh_interval_ms / 1000));
+            o.line(format!(
+                "refresh-interval-secs {}",
+                k.refresh_interval_ms / 1000
+            ));
             if !k.api_server.is_empty() {
                 o.line(format!("api-server {}", q(&k.api_server)));
             }
@@ -358,7 +435,7 @@ fn upstream(o: &mut Out, u: &pb::Upstream, endpoints: Option<&pb::Endpoints>) {
     o.line(format!("healthy-threshold {}", hc.healthy_threshold));
     o.line(format!("unhealthy-threshold {}", hc.unhealthy_threshold));
     o.close();
-    let p = u.passive_health.clone().unwrap_or_default();
+    let p = u.passive_health.unwrap_or_default();
     o.open("passive-health");
     o.line(format!("enabled {}", b(p.enabled)));
     o.line(format!("failure-rate-percent {}", p.failure_rate_percent));
@@ -366,14 +443,14 @@ fn upstream(o: &mut Out, u: &pb::Upstream, endpoints: Option<&pb::Endpoints>) {
     o.line(format!("consecutive-failures {}", p.consecutive_failures));
     o.line(format!("ejection-secs {}", p.ejection_ms / 1000));
     o.close();
-    breaker(o, &u.circuit_breaker.clone().unwrap_or_default());
-    let cp = u.connection_pool.clone().unwrap_or_default();
+    breaker(o, &u.circuit_breaker.unwrap_or_default());
+    let cp = u.connection_pool.unwrap_or_default();
     o.open("connection-pool");
     o.line(format!("max-connections {}", cp.max_connections));
     o.line(format!("max-idle {}", cp.max_idle));
     o.line(format!("idle-timeout-secs {}", cp.idle_timeout_ms / 1000));
     o.close();
-    let t = u.timeouts.clone().unwrap_or_default();
+    let t = u.timeouts.unwrap_or_default();
     o.open("timeouts");
     o.line(format!("connect-ms {}", t.connect_ms));
     o.line(format!("request-ms {}", t.request_ms));
@@ -385,13 +462,30 @@ fn upstream(o: &mut Out, u: &pb::Upstream, endpoints: Option<&pb::Endpoints>) {
     o.line(format!("attempts {}", r.attempts));
     o.line(format!("backoff-ms {}", r.backoff_ms));
     if !r.on_status.is_empty() {
-        o.line(format!("on-status {}", r.on_status.iter().map(u32::to_string).collect::<Vec<_>>().join(" ")));
+        o.line(format!(
+            "on-status {}",
+            r.on_status
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(" ")
+        ));
     }
     o.line(format!("budget-percent {}", r.budget_percent));
-    o.line(format!("min-retries-per-second {}", r.min_retries_per_second));
+    o.line(format!(
+        "min-retries-per-second {}",
+        r.min_retries_per_second
+    ));
     o.close();
     let closed = u.all_unhealthy == pb::AllUnhealthy::FailClosed as i32;
-    o.line(format!("all-unhealthy {}", if closed { "\"fail-closed\"" } else { "\"fail-open\"" }));
+    o.line(format!(
+        "all-unhealthy {}",
+        if closed {
+            "\"fail-closed\""
+        } else {
+            "\"fail-open\""
+        }
+    ));
     o.close();
 }
 
@@ -424,12 +518,25 @@ fn filter(o: &mut Out, fl: &pb::Filter) {
         .collect();
     o.line(format!("key {}", q(&key.join(","))));
     let log = rl.on_limit == pb::OnLimit::Log as i32;
-    o.line(format!("on-limit {}", if log { "\"log\"" } else { "\"reject\"" }));
+    o.line(format!(
+        "on-limit {}",
+        if log { "\"log\"" } else { "\"reject\"" }
+    ));
     o.line(format!("status-code {}", rl.status_code));
     let redis = rl.backend == pb::RateLimitBackend::Redis as i32;
-    o.line(format!("backend {}", if redis { "\"redis\"" } else { "\"local\"" }));
+    o.line(format!(
+        "backend {}",
+        if redis { "\"redis\"" } else { "\"local\"" }
+    ));
     let sliding = rl.algorithm == pb::RateLimitAlgorithm::SlidingWindow as i32;
-    o.line(format!("algorithm {}", if sliding { "\"sliding-window\"" } else { "\"token-bucket\"" }));
+    o.line(format!(
+        "algorithm {}",
+        if sliding {
+            "\"sliding-window\""
+        } else {
+            "\"token-bucket\""
+        }
+    ));
     if let (true, Some(r)) = (redis, &rl.redis) {
         o.line(format!("redis-url {}", q(&r.url)));
         o.line(format!("redis-prefix {}", q(&r.prefix)));
@@ -452,12 +559,12 @@ fn agent(o: &mut Out, a: &pb::Agent) {
     o.line(format!("timeout-ms {}", a.timeout_ms));
     o.line(format!("connect-timeout-ms {}", a.connect_timeout_ms));
     o.line(format!("failure-mode {}", failure_mode(a.failure_mode)));
-    let r = a.retry.clone().unwrap_or_default();
+    let r = a.retry.unwrap_or_default();
     o.open("retry");
     o.line(format!("attempts {}", r.attempts));
     o.line(format!("backoff-ms {}", r.backoff_ms));
     o.close();
-    let h = a.health_check.clone().unwrap_or_default();
+    let h = a.health_check.unwrap_or_default();
     o.open("health-check");
     o.line(format!("enabled {}", b(h.enabled)));
     o.line(format!("interval-ms {}", h.interval_ms));
@@ -465,7 +572,7 @@ fn agent(o: &mut Out, a: &pb::Agent) {
     o.line(format!("healthy-threshold {}", h.healthy_threshold));
     o.line(format!("unhealthy-threshold {}", h.unhealthy_threshold));
     o.close();
-    breaker(o, &a.circuit_breaker.clone().unwrap_or_default());
+    breaker(o, &a.circuit_breaker.unwrap_or_default());
     o.line(format!("send-body {}", b(a.send_body)));
     o.line(format!("max-body-bytes {}", a.max_body_bytes));
     o.close();

@@ -63,14 +63,21 @@ pub(crate) fn suggest(unknown: &str, known: &[&str]) -> Option<String> {
 }
 
 fn list(known: &[&str]) -> String {
-    known.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")
+    known
+        .iter()
+        .map(|k| format!("`{k}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 // === impl Ctx ===
 
 impl Ctx {
     pub(crate) fn new(file: &str, text: &str) -> Self {
-        Self { map: SourceMap::new(file, text), diagnostics: Vec::new() }
+        Self {
+            map: SourceMap::new(file, text),
+            diagnostics: Vec::new(),
+        }
     }
 
     pub(crate) fn finish(self) -> crate::Diagnostics {
@@ -103,8 +110,13 @@ impl Ctx {
     /// Reports a child node that does not belong in `block`.
     pub(crate) fn unknown_node(&mut self, node: &KdlNode, block: &str, known: &[&str]) {
         let n = name(node);
-        let help = suggest(n, known).unwrap_or_else(|| format!("`{block}` accepts {}", list(known)));
-        self.error_help(name_span(node), format!("unknown node `{n}` in `{block}`"), help);
+        let help =
+            suggest(n, known).unwrap_or_else(|| format!("`{block}` accepts {}", list(known)));
+        self.error_help(
+            name_span(node),
+            format!("unknown node `{n}` in `{block}`"),
+            help,
+        );
     }
 
     /// Reports every property of `node` whose key is not in `known`.
@@ -129,9 +141,9 @@ impl Ctx {
     }
 
     pub(crate) fn no_children(&mut self, node: &KdlNode) {
-        if let Some(doc) = node.children() {
+        if node.children().is_some() {
             self.error_help(
-                doc.span(),
+                name_span(node),
                 format!("`{}` does not take a block", name(node)),
                 "remove the `{ … }` block",
             );
@@ -237,7 +249,10 @@ impl Ctx {
             }
         };
         if !value.is_finite() || value < min || value > max {
-            self.error(entry.span(), format!("`{what}` must be between {min} and {max}, found {value}"));
+            self.error(
+                entry.span(),
+                format!("`{what}` must be between {min} and {max}, found {value}"),
+            );
             return None;
         }
         Some(value)
@@ -269,7 +284,8 @@ impl Ctx {
             return Some(*v);
         }
         let names: Vec<&str> = choices.iter().map(|(k, _)| *k).collect();
-        let help = suggest(&s, &names).unwrap_or_else(|| format!("expected one of {}", list(&names)));
+        let help =
+            suggest(&s, &names).unwrap_or_else(|| format!("expected one of {}", list(&names)));
         self.error_help(entry.span(), format!("unknown {what} `{s}`"), help);
         None
     }
@@ -285,7 +301,8 @@ impl Ctx {
     }
 
     pub(crate) fn u32(&mut self, node: &KdlNode, min: u32, max: u32) -> Option<u32> {
-        self.uint(node, u64::from(min), u64::from(max)).and_then(|v| u32::try_from(v).ok())
+        self.uint(node, u64::from(min), u64::from(max))
+            .and_then(|v| u32::try_from(v).ok())
     }
 
     pub(crate) fn float(&mut self, node: &KdlNode, min: f64, max: f64) -> Option<f64> {
@@ -323,14 +340,19 @@ impl Ctx {
             }
         }
         if out.is_empty() && args(node).next().is_none() {
-            self.error(name_span(node), format!("`{}` needs at least one value", name(node)));
+            self.error(
+                name_span(node),
+                format!("`{}` needs at least one value", name(node)),
+            );
         }
         out
     }
 
     /// The value of property `key` on `node`, if present.
     pub(crate) fn prop<'n>(&self, node: &'n KdlNode, key: &str) -> Option<&'n KdlEntry> {
-        props(node).filter(|e| e.name().is_some_and(|k| k.value() == key)).last()
+        props(node)
+            .filter(|e| e.name().is_some_and(|k| k.value() == key))
+            .last()
     }
 }
 
@@ -372,7 +394,10 @@ mod tests {
 
     #[test]
     fn suggests_close_names_only() {
-        assert_eq!(suggest("path-prefx", &["path-prefix", "path"]).as_deref(), Some("did you mean `path-prefix`?"));
+        assert_eq!(
+            suggest("path-prefx", &["path-prefix", "path"]).as_deref(),
+            Some("did you mean `path-prefix`?")
+        );
         assert_eq!(suggest("zzzzzz", &["path-prefix", "host"]), None);
     }
 }

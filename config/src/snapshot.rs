@@ -51,11 +51,21 @@ impl std::fmt::Display for Summary {
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum SnapshotError {
     #[error("{resource}: cannot decode: {error}")]
-    Decode { resource: pb::ResourceRef, error: String },
+    Decode {
+        resource: pb::ResourceRef,
+        error: String,
+    },
     #[error("{resource}: version {claimed} does not match its content ({actual})")]
-    Version { resource: pb::ResourceRef, claimed: String, actual: String },
+    Version {
+        resource: pb::ResourceRef,
+        claimed: String,
+        actual: String,
+    },
     #[error("{resource}: {error}")]
-    Inconsistent { resource: pb::ResourceRef, error: String },
+    Inconsistent {
+        resource: pb::ResourceRef,
+        error: String,
+    },
     #[error("snapshot has no settings resource")]
     NoSettings,
 }
@@ -73,7 +83,10 @@ impl SnapshotError {
 }
 
 fn reference(kind: pb::ResourceType, name: &str) -> pb::ResourceRef {
-    pb::ResourceRef { r#type: kind as i32, name: name.to_string() }
+    pb::ResourceRef {
+        r#type: kind as i32,
+        name: name.to_string(),
+    }
 }
 
 /// Hex SHA-256.
@@ -84,13 +97,20 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 /// Wraps an encoded message as a resource whose version is its hash.
 pub fn resource(kind: pb::ResourceType, name: &str, message: &impl Message) -> pb::Resource {
     let body = message.encode_to_vec();
-    pb::Resource { r#type: kind as i32, name: name.to_string(), version: sha256_hex(&body), body: body.into() }
+    pb::Resource {
+        r#type: kind as i32,
+        name: name.to_string(),
+        version: sha256_hex(&body),
+        body: body.into(),
+    }
 }
 
 /// The hash of a whole configuration: of every (type, name, version), sorted.
 pub fn config_hash<'a>(versions: impl IntoIterator<Item = (i32, &'a str, &'a str)>) -> String {
-    let mut lines: Vec<String> =
-        versions.into_iter().map(|(t, n, v)| format!("{t}\t{n}\t{v}\n")).collect();
+    let mut lines: Vec<String> = versions
+        .into_iter()
+        .map(|(t, n, v)| format!("{t}\t{n}\t{v}\n"))
+        .collect();
     lines.sort();
     sha256_hex(lines.concat().as_bytes())
 }
@@ -113,13 +133,20 @@ impl Snapshot {
                 m.hosts.dedup();
                 m.methods.sort();
                 m.methods.dedup();
-                m.headers.sort_by(|a, b| (&a.name, &a.value, a.present_only).cmp(&(&b.name, &b.value, b.present_only)));
+                m.headers.sort_by(|a, b| {
+                    (&a.name, &a.value, a.present_only).cmp(&(&b.name, &b.value, b.present_only))
+                });
                 m.headers.dedup();
-                m.query.sort_by(|a, b| (&a.name, &a.value, a.present_only).cmp(&(&b.name, &b.value, b.present_only)));
+                m.query.sort_by(|a, b| {
+                    (&a.name, &a.value, a.present_only).cmp(&(&b.name, &b.value, b.present_only))
+                });
                 m.query.dedup();
             }
             if let Some(p) = &mut route.policies {
-                for rw in [&mut p.request_headers, &mut p.response_headers].into_iter().flatten() {
+                for rw in [&mut p.request_headers, &mut p.response_headers]
+                    .into_iter()
+                    .flatten()
+                {
                     rw.set.sort_by(|a, b| a.name.cmp(&b.name));
                     rw.remove.sort();
                     rw.remove.dedup();
@@ -142,10 +169,22 @@ impl Snapshot {
     pub fn resources(&self) -> Vec<pb::Resource> {
         use pb::ResourceType as T;
         let mut out = vec![resource(T::Settings, pb::SETTINGS_NAME, &self.settings)];
-        out.extend(self.listeners.iter().map(|l| resource(T::Listener, &l.name, l)));
+        out.extend(
+            self.listeners
+                .iter()
+                .map(|l| resource(T::Listener, &l.name, l)),
+        );
         out.extend(self.routes.iter().map(|r| resource(T::Route, &r.name, r)));
-        out.extend(self.upstreams.iter().map(|u| resource(T::Upstream, &u.name, u)));
-        out.extend(self.endpoints.iter().map(|e| resource(T::Endpoints, &e.upstream, e)));
+        out.extend(
+            self.upstreams
+                .iter()
+                .map(|u| resource(T::Upstream, &u.name, u)),
+        );
+        out.extend(
+            self.endpoints
+                .iter()
+                .map(|e| resource(T::Endpoints, &e.upstream, e)),
+        );
         out.extend(self.filters.iter().map(|f| resource(T::Filter, &f.name, f)));
         out.extend(self.agents.iter().map(|a| resource(T::Agent, &a.name, a)));
         out.sort_by(|a, b| (a.r#type, &a.name).cmp(&(b.r#type, &b.name)));
@@ -155,7 +194,11 @@ impl Snapshot {
     /// The hash identifying this configuration's content.
     pub fn config_hash(&self) -> String {
         let resources = self.resources();
-        config_hash(resources.iter().map(|r| (r.r#type, r.name.as_str(), r.version.as_str())))
+        config_hash(
+            resources
+                .iter()
+                .map(|r| (r.r#type, r.name.as_str(), r.version.as_str())),
+        )
     }
 
     pub fn summary(&self) -> Summary {
@@ -219,18 +262,27 @@ impl Snapshot {
     /// snapshot passes before it is offered to, or applied by, a proxy.
     pub fn check_references(&self) -> Result<(), SnapshotError> {
         use pb::ResourceType as T;
-        fn names<'a, I: Iterator<Item = &'a str>>(kind: T, it: I) -> Result<BTreeSet<&'a str>, SnapshotError> {
+        fn names<'a, I: Iterator<Item = &'a str>>(
+            kind: T,
+            it: I,
+        ) -> Result<BTreeSet<&'a str>, SnapshotError> {
             let mut set = BTreeSet::new();
             for n in it {
                 if !set.insert(n) {
-                    return Err(SnapshotError::Inconsistent { resource: reference(kind, n), error: "duplicate name".into() });
+                    return Err(SnapshotError::Inconsistent {
+                        resource: reference(kind, n),
+                        error: "duplicate name".into(),
+                    });
                 }
             }
             Ok(set)
         }
         let routes = names(T::Route, self.routes.iter().map(|r| r.name.as_str()))?;
         let upstreams = names(T::Upstream, self.upstreams.iter().map(|u| u.name.as_str()))?;
-        let endpoints = names(T::Endpoints, self.endpoints.iter().map(|e| e.upstream.as_str()))?;
+        let endpoints = names(
+            T::Endpoints,
+            self.endpoints.iter().map(|e| e.upstream.as_str()),
+        )?;
         let filters = names(T::Filter, self.filters.iter().map(|f| f.name.as_str()))?;
         let agents = names(T::Agent, self.agents.iter().map(|a| a.name.as_str()))?;
         names(T::Listener, self.listeners.iter().map(|l| l.name.as_str()))?;
@@ -279,7 +331,10 @@ mod tests {
         let mut body = resources[1].body.to_vec();
         body.push(0);
         resources[1].body = body.into();
-        assert!(matches!(Snapshot::from_resources(&resources), Err(SnapshotError::Version { .. })));
+        assert!(matches!(
+            Snapshot::from_resources(&resources),
+            Err(SnapshotError::Version { .. })
+        ));
     }
 
     #[test]

@@ -18,7 +18,10 @@ pub fn check_name(name: &str) -> Result<(), String> {
     if name.len() > 128 {
         return Err("a name is at most 128 characters".into());
     }
-    if !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) {
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
         return Err(format!(
             "invalid name `{name}`: use letters, digits, `-`, `_` and `.` only"
         ));
@@ -35,11 +38,15 @@ fn checkable(value: &str) -> Result<Option<String>, String> {
 
 /// `host:port`, `[v6]:port` or `ip:port`. `allow_zero_port` for listeners.
 pub fn check_address(value: &str, allow_zero_port: bool) -> Result<(), String> {
-    let Some(value) = checkable(value)? else { return Ok(()) };
+    let Some(value) = checkable(value)? else {
+        return Ok(());
+    };
     if value.parse::<SocketAddr>().is_ok() {
         let port = value.rsplit(':').next().and_then(|p| p.parse::<u16>().ok());
         if port == Some(0) && !allow_zero_port {
-            return Err(format!("invalid address `{value}`: port 0 is not allowed here"));
+            return Err(format!(
+                "invalid address `{value}`: port 0 is not allowed here"
+            ));
         }
         return Ok(());
     }
@@ -50,11 +57,15 @@ pub fn check_address(value: &str, allow_zero_port: bool) -> Result<(), String> {
         .parse()
         .map_err(|_| format!("invalid address `{value}`: port `{port}` is not a number 0-65535"))?;
     if port == 0 && !allow_zero_port {
-        return Err(format!("invalid address `{value}`: port 0 is not allowed here"));
+        return Err(format!(
+            "invalid address `{value}`: port 0 is not allowed here"
+        ));
     }
     let looks_numeric = host.chars().all(|c| c.is_ascii_digit() || c == '.');
     if host.starts_with('[') || host.contains(':') || looks_numeric {
-        return Err(format!("invalid address `{value}`: bad IP address `{host}`"));
+        return Err(format!(
+            "invalid address `{value}`: bad IP address `{host}`"
+        ));
     }
     check_hostname(host).map_err(|e| format!("invalid address `{value}`: {e}"))
 }
@@ -70,7 +81,9 @@ pub fn check_hostname(host: &str) -> Result<(), String> {
             && label.len() <= 63
             && !label.starts_with('-')
             && !label.ends_with('-')
-            && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+            && label
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
         if !ok {
             return Err(format!("`{host}` is not a valid host name"));
         }
@@ -94,12 +107,18 @@ pub fn check_host_pattern(value: &str) -> Result<(), String> {
 
 /// A URL with one of `schemes` and a host.
 pub fn check_url(value: &str, schemes: &[&str]) -> Result<(), String> {
-    let Some(value) = checkable(value)? else { return Ok(()) };
+    let Some(value) = checkable(value)? else {
+        return Ok(());
+    };
     let url = url::Url::parse(&value).map_err(|e| format!("invalid URL `{value}`: {e}"))?;
     if !schemes.contains(&url.scheme()) {
         return Err(format!(
             "invalid URL `{value}`: scheme must be {}",
-            schemes.iter().map(|s| format!("`{s}`")).collect::<Vec<_>>().join(" or ")
+            schemes
+                .iter()
+                .map(|s| format!("`{s}`"))
+                .collect::<Vec<_>>()
+                .join(" or ")
         ));
     }
     if url.host_str().is_none_or(str::is_empty) {
@@ -111,7 +130,9 @@ pub fn check_url(value: &str, schemes: &[&str]) -> Result<(), String> {
 /// A Redis URL, or a comma-separated list of cluster nodes where the first
 /// carries the scheme (`redis://a:6379,b:6379`).
 pub fn check_redis_url(value: &str) -> Result<(), String> {
-    let Some(resolved) = checkable(value)? else { return Ok(()) };
+    let Some(resolved) = checkable(value)? else {
+        return Ok(());
+    };
     let mut nodes = resolved.split(',');
     let first = nodes.next().unwrap_or_default().trim();
     check_url(first, &["redis", "rediss"])?;
@@ -127,7 +148,9 @@ pub fn check_redis_url(value: &str) -> Result<(), String> {
 }
 
 pub fn check_regex(value: &str) -> Result<(), String> {
-    regex::Regex::new(value).map(|_| ()).map_err(|e| format!("invalid regex: {e}"))
+    regex::Regex::new(value)
+        .map(|_| ())
+        .map_err(|e| format!("invalid regex: {e}"))
 }
 
 /// An HTTP header field name (RFC 9110 token).
@@ -145,7 +168,9 @@ pub fn check_path(value: &str) -> Result<(), String> {
         return Err(format!("path `{value}` must start with `/`"));
     }
     if value.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(format!("path `{value}` contains whitespace or control characters"));
+        return Err(format!(
+            "path `{value}` contains whitespace or control characters"
+        ));
     }
     Ok(())
 }

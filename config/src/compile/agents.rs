@@ -22,7 +22,13 @@ const AGENT: &[&str] = &[
     "max-body-bytes",
 ];
 const RETRY: &[&str] = &["attempts", "backoff-ms"];
-const HEALTH: &[&str] = &["enabled", "interval-ms", "timeout-ms", "healthy-threshold", "unhealthy-threshold"];
+const HEALTH: &[&str] = &[
+    "enabled",
+    "interval-ms",
+    "timeout-ms",
+    "healthy-threshold",
+    "unhealthy-threshold",
+];
 
 pub(super) const SCHEMA: &[(&str, &[&str])] = &[
     ("agents", &["agent"]),
@@ -41,7 +47,10 @@ pub(super) fn agent(ctx: &mut Ctx, node: &KdlNode) -> Option<(String, SourceSpan
         timeout_ms: 100,
         connect_timeout_ms: 1000,
         failure_mode: pb::FailureMode::Closed as i32,
-        retry: Some(pb::AgentRetry { attempts: 1, backoff_ms: 10 }),
+        retry: Some(pb::AgentRetry {
+            attempts: 1,
+            backoff_ms: 10,
+        }),
         health_check: Some(pb::AgentHealthCheck {
             enabled: true,
             interval_ms: 5000,
@@ -53,12 +62,12 @@ pub(super) fn agent(ctx: &mut Ctx, node: &KdlNode) -> Option<(String, SourceSpan
         send_body: false,
         max_body_bytes: 1024 * 1024,
     };
-    if let Some(t) = ctx.prop(node, "type") {
-        if let Some(v) = ctx.entry_str(t, "agent type") {
-            match values::check_name(&v) {
-                Ok(()) => a.agent_type = v,
-                Err(e) => ctx.error(t.span(), e),
-            }
+    if let Some(t) = ctx.prop(node, "type")
+        && let Some(v) = ctx.entry_str(t, "agent type")
+    {
+        match values::check_name(&v) {
+            Ok(()) => a.agent_type = v,
+            Err(e) => ctx.error(t.span(), e),
         }
     }
     let mut transport_span: Option<SourceSpan> = None;
@@ -83,7 +92,11 @@ pub(super) fn agent(ctx: &mut Ctx, node: &KdlNode) -> Option<(String, SourceSpan
         match n {
             "unix-socket" => {
                 let path = checked(ctx, child, |s| {
-                    if s.starts_with('/') || s.starts_with("${") { Ok(()) } else { Err(format!("socket path `{s}` must be absolute")) }
+                    if s.starts_with('/') || s.starts_with("${") {
+                        Ok(())
+                    } else {
+                        Err(format!("socket path `{s}` must be absolute"))
+                    }
                 });
                 a.transport = path.map(pb::agent::Transport::UnixSocket);
             }
@@ -92,7 +105,9 @@ pub(super) fn agent(ctx: &mut Ctx, node: &KdlNode) -> Option<(String, SourceSpan
                 a.transport = url.map(pb::agent::Transport::Grpc);
             }
             "timeout-ms" => a.timeout_ms = ctx.uint(child, 1, 60_000).unwrap_or(a.timeout_ms),
-            "connect-timeout-ms" => a.connect_timeout_ms = ctx.uint(child, 1, 60_000).unwrap_or(a.connect_timeout_ms),
+            "connect-timeout-ms" => {
+                a.connect_timeout_ms = ctx.uint(child, 1, 60_000).unwrap_or(a.connect_timeout_ms)
+            }
             "failure-mode" => {
                 if let Some(v) = ctx.choice(child, super::routes::FAILURE_MODES) {
                     a.failure_mode = v as i32;
@@ -109,7 +124,9 @@ pub(super) fn agent(ctx: &mut Ctx, node: &KdlNode) -> Option<(String, SourceSpan
                     }
                     match name(opt) {
                         "attempts" => r.attempts = ctx.u32(opt, 1, 10).unwrap_or(r.attempts),
-                        "backoff-ms" => r.backoff_ms = ctx.uint(opt, 0, 60_000).unwrap_or(r.backoff_ms),
+                        "backoff-ms" => {
+                            r.backoff_ms = ctx.uint(opt, 0, 60_000).unwrap_or(r.backoff_ms)
+                        }
                         _ => ctx.unknown_node(opt, "retry", RETRY),
                     }
                 }
@@ -125,21 +142,33 @@ pub(super) fn agent(ctx: &mut Ctx, node: &KdlNode) -> Option<(String, SourceSpan
                     }
                     match name(opt) {
                         "enabled" => h.enabled = ctx.boolean(opt).unwrap_or(h.enabled),
-                        "interval-ms" => h.interval_ms = ctx.uint(opt, 10, 3_600_000).unwrap_or(h.interval_ms),
-                        "timeout-ms" => h.timeout_ms = ctx.uint(opt, 1, 600_000).unwrap_or(h.timeout_ms),
-                        "healthy-threshold" => h.healthy_threshold = ctx.u32(opt, 1, 100).unwrap_or(h.healthy_threshold),
+                        "interval-ms" => {
+                            h.interval_ms = ctx.uint(opt, 10, 3_600_000).unwrap_or(h.interval_ms)
+                        }
+                        "timeout-ms" => {
+                            h.timeout_ms = ctx.uint(opt, 1, 600_000).unwrap_or(h.timeout_ms)
+                        }
+                        "healthy-threshold" => {
+                            h.healthy_threshold =
+                                ctx.u32(opt, 1, 100).unwrap_or(h.healthy_threshold)
+                        }
                         "unhealthy-threshold" => {
-                            h.unhealthy_threshold = ctx.u32(opt, 1, 100).unwrap_or(h.unhealthy_threshold)
+                            h.unhealthy_threshold =
+                                ctx.u32(opt, 1, 100).unwrap_or(h.unhealthy_threshold)
                         }
                         _ => ctx.unknown_node(opt, "health-check", HEALTH),
                     }
                 }
             }
-            "circuit-breaker" => {
-                super::upstreams::circuit_breaker(ctx, child, a.circuit_breaker.get_or_insert_with(Default::default))
-            }
+            "circuit-breaker" => super::upstreams::circuit_breaker(
+                ctx,
+                child,
+                a.circuit_breaker.get_or_insert_with(Default::default),
+            ),
             "send-body" => a.send_body = ctx.boolean(child).unwrap_or(a.send_body),
-            "max-body-bytes" => a.max_body_bytes = ctx.uint(child, 0, 1 << 30).unwrap_or(a.max_body_bytes),
+            "max-body-bytes" => {
+                a.max_body_bytes = ctx.uint(child, 0, 1 << 30).unwrap_or(a.max_body_bytes)
+            }
             _ => ctx.unknown_node(child, "agent", AGENT),
         }
     }

@@ -57,24 +57,41 @@ pub(super) fn filter(ctx: &mut Ctx, node: &KdlNode) -> Option<(String, SourceSpa
     };
     let kind = ctx.string(type_node)?;
     if kind != "rate-limit" {
-        let span = args(type_node).next().map_or_else(|| name_span(type_node), |e| e.span());
+        let span = args(type_node)
+            .next()
+            .map_or_else(|| name_span(type_node), |e| e.span());
         if TYPES.contains(&kind.as_str()) {
-            ctx.error_help(span, format!("filter type `{kind}` is not supported yet"), "supported: \"rate-limit\"");
+            ctx.error_help(
+                span,
+                format!("filter type `{kind}` is not supported yet"),
+                "supported: \"rate-limit\"",
+            );
         } else {
-            let help = crate::reader::suggest(&kind, &["rate-limit"]).unwrap_or_else(|| "supported: \"rate-limit\"".into());
+            let help = crate::reader::suggest(&kind, &["rate-limit"])
+                .unwrap_or_else(|| "supported: \"rate-limit\"".into());
             ctx.error_help(span, format!("unknown filter type `{kind}`"), help);
         }
         return None;
     }
     let rl = rate_limit(ctx, node)?;
-    Some((filter_name.clone(), span, pb::Filter { name: filter_name, kind: Some(pb::filter::Kind::RateLimit(rl)) }))
+    Some((
+        filter_name.clone(),
+        span,
+        pb::Filter {
+            name: filter_name,
+            kind: Some(pb::filter::Kind::RateLimit(rl)),
+        },
+    ))
 }
 
 fn rate_limit(ctx: &mut Ctx, node: &KdlNode) -> Option<pb::RateLimit> {
     let mut rl = pb::RateLimit {
         max_rps: 0.0,
         burst: 0,
-        key: vec![pb::RateLimitKeyPart { kind: pb::RateLimitKeyKind::ClientIp as i32, header: String::new() }],
+        key: vec![pb::RateLimitKeyPart {
+            kind: pb::RateLimitKeyKind::ClientIp as i32,
+            header: String::new(),
+        }],
         on_limit: pb::OnLimit::Reject as i32,
         backend: pb::RateLimitBackend::Local as i32,
         algorithm: pb::RateLimitAlgorithm::Unspecified as i32,
@@ -113,7 +130,9 @@ fn rate_limit(ctx: &mut Ctx, node: &KdlNode) -> Option<pb::RateLimit> {
             "burst" => rl.burst = ctx.u32(child, 1, 100_000_000).unwrap_or(rl.burst),
             "key" => {
                 if let Some(v) = ctx.string(child) {
-                    let span = args(child).next().map_or_else(|| name_span(child), |e| e.span());
+                    let span = args(child)
+                        .next()
+                        .map_or_else(|| name_span(child), |e| e.span());
                     match parse_key(&v) {
                         Ok(parts) => rl.key = parts,
                         Err((msg, help)) => ctx.error_help(span, msg, help),
@@ -128,7 +147,10 @@ fn rate_limit(ctx: &mut Ctx, node: &KdlNode) -> Option<pb::RateLimit> {
             }
             "status-code" => rl.status_code = ctx.u32(child, 400, 599).unwrap_or(rl.status_code),
             "backend" => {
-                let backends = [("local", pb::RateLimitBackend::Local), ("redis", pb::RateLimitBackend::Redis)];
+                let backends = [
+                    ("local", pb::RateLimitBackend::Local),
+                    ("redis", pb::RateLimitBackend::Redis),
+                ];
                 if let Some(v) = ctx.choice(child, &backends) {
                     rl.backend = v as i32;
                     backend_span = Some(name_span(child));
@@ -143,14 +165,22 @@ fn rate_limit(ctx: &mut Ctx, node: &KdlNode) -> Option<pb::RateLimit> {
                     rl.algorithm = v as i32;
                 }
             }
-            "redis-url" => redis.url = checked(ctx, child, values::check_redis_url).unwrap_or_default(),
+            "redis-url" => {
+                redis.url = checked(ctx, child, values::check_redis_url).unwrap_or_default()
+            }
             "redis-prefix" => redis.prefix = ctx.string(child).unwrap_or(redis.prefix),
-            "redis-timeout-ms" => redis.timeout_ms = ctx.uint(child, 1, 60_000).unwrap_or(redis.timeout_ms),
-            "redis-pool-size" => redis.pool_size = ctx.u32(child, 1, 10_000).unwrap_or(redis.pool_size),
+            "redis-timeout-ms" => {
+                redis.timeout_ms = ctx.uint(child, 1, 60_000).unwrap_or(redis.timeout_ms)
+            }
+            "redis-pool-size" => {
+                redis.pool_size = ctx.u32(child, 1, 10_000).unwrap_or(redis.pool_size)
+            }
             "redis-pool-timeout-ms" => {
                 redis.pool_timeout_ms = ctx.uint(child, 1, 600_000).unwrap_or(redis.pool_timeout_ms)
             }
-            "fallback-to-local" => redis.fallback_to_local = ctx.boolean(child).unwrap_or(redis.fallback_to_local),
+            "fallback-to-local" => {
+                redis.fallback_to_local = ctx.boolean(child).unwrap_or(redis.fallback_to_local)
+            }
             "on-redis-failure" => {
                 if let Some(v) = ctx.choice(child, super::routes::FAILURE_MODES) {
                     redis.on_failure = v as i32;
@@ -160,7 +190,11 @@ fn rate_limit(ctx: &mut Ctx, node: &KdlNode) -> Option<pb::RateLimit> {
         }
     }
     if !has_rps {
-        ctx.error_help(name_span(node), "rate-limit filter has no `max-rps`", "add `max-rps 100`");
+        ctx.error_help(
+            name_span(node),
+            "rate-limit filter has no `max-rps`",
+            "add `max-rps 100`",
+        );
     }
     if rl.burst == 0 {
         rl.burst = (rl.max_rps.ceil() as u32).max(1);
@@ -179,7 +213,11 @@ fn rate_limit(ctx: &mut Ctx, node: &KdlNode) -> Option<pb::RateLimit> {
         rl.redis = Some(redis);
     } else {
         for span in redis_options {
-            ctx.error_help(span, "Redis options need `backend \"redis\"`", "add `backend \"redis\"` or remove this option");
+            ctx.error_help(
+                span,
+                "Redis options need `backend \"redis\"`",
+                "add `backend \"redis\"` or remove this option",
+            );
         }
         if rl.algorithm == pb::RateLimitAlgorithm::SlidingWindow as i32 {
             ctx.error_help(
@@ -205,12 +243,18 @@ pub(crate) fn parse_key(key: &str) -> Result<Vec<pb::RateLimitKeyPart>, (String,
                 (pb::RateLimitKeyKind::Header, h.to_ascii_lowercase())
             }
             _ => {
-                let help = crate::reader::suggest(part, &["client-ip", "path"])
-                    .unwrap_or_else(|| "use `client-ip`, `path`, `header:NAME` or a comma-separated combination".into());
+                let help =
+                    crate::reader::suggest(part, &["client-ip", "path"]).unwrap_or_else(|| {
+                        "use `client-ip`, `path`, `header:NAME` or a comma-separated combination"
+                            .into()
+                    });
                 return Err((format!("invalid rate-limit key `{part}`"), help));
             }
         };
-        parts.push(pb::RateLimitKeyPart { kind: kind as i32, header });
+        parts.push(pb::RateLimitKeyPart {
+            kind: kind as i32,
+            header,
+        });
     }
     Ok(parts)
 }

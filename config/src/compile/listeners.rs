@@ -18,9 +18,19 @@ const LISTENER: &[&str] = &[
     "header-read-timeout-secs",
     "default-route",
 ];
-const TLS: &[&str] = &["cert-file", "key-file", "min-version", "alpn", "client-ca-file"];
+const TLS: &[&str] = &[
+    "cert-file",
+    "key-file",
+    "min-version",
+    "alpn",
+    "client-ca-file",
+];
 
-pub(super) const SCHEMA: &[(&str, &[&str])] = &[("listeners", &["listener"]), ("listener", LISTENER), ("tls", TLS)];
+pub(super) const SCHEMA: &[(&str, &[&str])] = &[
+    ("listeners", &["listener"]),
+    ("listener", LISTENER),
+    ("tls", TLS),
+];
 
 pub(super) fn listener(
     ctx: &mut Ctx,
@@ -91,7 +101,9 @@ pub(super) fn listener(
             }
             "default-route" => {
                 if let Some(v) = ctx.string(child) {
-                    let span = args(child).next().map_or_else(|| name_span(child), |e| e.span());
+                    let span = args(child)
+                        .next()
+                        .map_or_else(|| name_span(child), |e| e.span());
                     builder.refer("route", v.clone(), span);
                     l.default_route = v;
                 }
@@ -99,7 +111,7 @@ pub(super) fn listener(
             _ => ctx.unknown_node(child, "listener", LISTENER),
         }
     }
-    if l.address.is_empty() {
+    if l.address.is_empty() && !children(node).iter().any(|c| name(c) == "address") {
         ctx.error_help(
             name_span(node),
             format!("listener `{listener_name}` has no `address`"),
@@ -123,7 +135,11 @@ pub(super) fn listener(
             );
         }
         (p, tls) if p == pb::ListenerProtocol::Unspecified as i32 => {
-            l.protocol = if tls.is_some() { https } else { pb::ListenerProtocol::Http as i32 };
+            l.protocol = if tls.is_some() {
+                https
+            } else {
+                pb::ListenerProtocol::Http as i32
+            };
         }
         _ => {}
     }
@@ -148,7 +164,10 @@ fn tls(ctx: &mut Ctx, node: &KdlNode) -> pb::ListenerTls {
             "key-file" => t.key_file = ctx.string(child).unwrap_or_default(),
             "client-ca-file" => t.client_ca_file = ctx.string(child).unwrap_or_default(),
             "min-version" => {
-                let versions = [("1.2", pb::TlsVersion::TlsVersion12), ("1.3", pb::TlsVersion::TlsVersion13)];
+                let versions = [
+                    ("1.2", pb::TlsVersion::TlsVersion12),
+                    ("1.3", pb::TlsVersion::TlsVersion13),
+                ];
                 if let Some(v) = ctx.choice(child, &versions) {
                     t.min_version = v as i32;
                 }
@@ -161,7 +180,11 @@ fn tls(ctx: &mut Ctx, node: &KdlNode) -> pb::ListenerTls {
                             alpn.push(v);
                         }
                     } else {
-                        ctx.error_help(span, format!("unknown ALPN protocol `{v}`"), "use \"h2\" and/or \"http/1.1\"");
+                        ctx.error_help(
+                            span,
+                            format!("unknown ALPN protocol `{v}`"),
+                            "use \"h2\" and/or \"http/1.1\"",
+                        );
                     }
                 }
                 if !alpn.is_empty() {
@@ -173,7 +196,11 @@ fn tls(ctx: &mut Ctx, node: &KdlNode) -> pb::ListenerTls {
     }
     for (field, value) in [("cert-file", &t.cert_file), ("key-file", &t.key_file)] {
         if value.is_empty() {
-            ctx.error_help(name_span(node), format!("`tls` needs `{field}`"), format!("add `{field} \"/path/to/file.pem\"`"));
+            ctx.error_help(
+                name_span(node),
+                format!("`tls` needs `{field}`"),
+                format!("add `{field} \"/path/to/file.pem\"`"),
+            );
         }
     }
     t

@@ -69,7 +69,10 @@ struct Named<T> {
 
 impl<T> Named<T> {
     fn new(kind: &'static str) -> Self {
-        Self { kind, items: BTreeMap::new() }
+        Self {
+            kind,
+            items: BTreeMap::new(),
+        }
     }
 
     fn insert(&mut self, ctx: &mut Ctx, name: String, span: SourceSpan, item: T) {
@@ -168,7 +171,11 @@ pub fn compile(file: &str, text: &str) -> Result<Snapshot, Diagnostics> {
     let mut builder = Builder::new();
     let mut seen = Seen::default();
     for node in doc.nodes() {
-        if !seen.first(&mut ctx, node, &["listeners", "routes", "upstreams", "filters", "agents"]) {
+        if !seen.first(
+            &mut ctx,
+            node,
+            &["listeners", "routes", "upstreams", "filters", "agents"],
+        ) {
             continue;
         }
         ctx.check_props(node, &[]);
@@ -225,7 +232,11 @@ fn parse(file: &str, text: &str) -> Result<KdlDocument, Diagnostics> {
                     .clone()
                     .or_else(|| d.label.clone())
                     .unwrap_or_else(|| "invalid KDL syntax".to_string());
-                map.diagnostic(d.span, format!("KDL syntax error: {message}"), d.help.clone())
+                map.diagnostic(
+                    d.span,
+                    format!("KDL syntax error: {message}"),
+                    d.help.clone(),
+                )
             })
             .collect();
         if out.is_empty() {
@@ -249,7 +260,7 @@ fn each(ctx: &mut Ctx, node: &KdlNode, item: &str, mut f: impl FnMut(&mut Ctx, &
 
 /// The name argument of a resource node (`upstream "api"`), checked.
 pub(crate) fn resource_name(ctx: &mut Ctx, node: &KdlNode) -> Option<(String, SourceSpan)> {
-    let Some(entry) = ctx.exactly_one_arg(node) else { return None };
+    let entry = ctx.exactly_one_arg(node)?;
     let n = ctx.entry_str(entry, &format!("{} name", name(node)))?;
     if let Err(e) = values::check_name(&n) {
         ctx.error(entry.span(), e);
@@ -279,7 +290,9 @@ pub(crate) fn checked(
 ) -> Option<String> {
     let value = ctx.string(node)?;
     if let Err(e) = check(&value) {
-        let span = reader::args(node).next().map_or_else(|| name_span(node), |e| e.span());
+        let span = reader::args(node)
+            .next()
+            .map_or_else(|| name_span(node), |e| e.span());
         ctx.error(span, e);
         return None;
     }
@@ -287,8 +300,12 @@ pub(crate) fn checked(
 }
 
 /// Named severity levels for `priority`.
-pub(crate) const PRIORITIES: &[(&str, i32)] =
-    &[("low", 250), ("normal", 500), ("high", 750), ("critical", 1000)];
+pub(crate) const PRIORITIES: &[(&str, i32)] = &[
+    ("low", 250),
+    ("normal", 500),
+    ("high", 750),
+    ("critical", 1000),
+];
 
 /// Nodes that appear in the seeds but are not implemented: rejected clearly.
 pub(crate) fn not_supported(ctx: &mut Ctx, node: &KdlNode, help: &str) {

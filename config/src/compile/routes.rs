@@ -9,8 +9,18 @@ use super::{Builder, PRIORITIES, checked, not_supported, require_block, resource
 use crate::reader::{Ctx, Seen, args, children, name, name_span};
 use crate::values;
 
-const ROUTE: &[&str] = &["priority", "matches", "upstream", "filters", "agents", "policies"];
-const MATCHES: &[&str] = &["path-prefix", "path", "path-regex", "host", "method", "header", "query"];
+const ROUTE: &[&str] = &[
+    "priority", "matches", "upstream", "filters", "agents", "policies",
+];
+const MATCHES: &[&str] = &[
+    "path-prefix",
+    "path",
+    "path-regex",
+    "host",
+    "method",
+    "header",
+    "query",
+];
 const POLICIES: &[&str] = &[
     "timeout-secs",
     "failure-mode",
@@ -20,7 +30,9 @@ const POLICIES: &[&str] = &[
     "rate-limit",
 ];
 const HEADER_REWRITE: &[&str] = &["set", "remove"];
-const METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE"];
+const METHODS: &[&str] = &[
+    "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE",
+];
 
 pub(super) const SCHEMA: &[(&str, &[&str])] = &[
     ("routes", &["route"]),
@@ -31,8 +43,10 @@ pub(super) const SCHEMA: &[(&str, &[&str])] = &[
     ("response-headers", HEADER_REWRITE),
 ];
 
-pub(crate) const FAILURE_MODES: &[(&str, pb::FailureMode)] =
-    &[("open", pb::FailureMode::Open), ("closed", pb::FailureMode::Closed)];
+pub(crate) const FAILURE_MODES: &[(&str, pb::FailureMode)] = &[
+    ("open", pb::FailureMode::Open),
+    ("closed", pb::FailureMode::Closed),
+];
 
 pub(super) fn route(
     ctx: &mut Ctx,
@@ -87,7 +101,11 @@ pub(super) fn route(
                 }
             }
             "filters" | "agents" => {
-                let kind = if name(child) == "filters" { "filter" } else { "agent" };
+                let kind = if name(child) == "filters" {
+                    "filter"
+                } else {
+                    "agent"
+                };
                 let mut list = Vec::new();
                 for (v, span) in ctx.strings(child) {
                     if list.contains(&v) {
@@ -128,7 +146,9 @@ fn seen_upstream(node: &KdlNode) -> bool {
 }
 
 fn value_span(node: &KdlNode) -> SourceSpan {
-    args(node).next().map_or_else(|| name_span(node), |e| e.span())
+    args(node)
+        .next()
+        .map_or_else(|| name_span(node), |e| e.span())
 }
 
 fn matches(ctx: &mut Ctx, node: &KdlNode) -> pb::RouteMatch {
@@ -153,9 +173,13 @@ fn matches(ctx: &mut Ctx, node: &KdlNode) -> pb::RouteMatch {
             path_kind = Some((n, name_span(child)));
         }
         match n {
-            "path-prefix" => m.path_prefix = checked(ctx, child, values::check_path).unwrap_or_default(),
+            "path-prefix" => {
+                m.path_prefix = checked(ctx, child, values::check_path).unwrap_or_default()
+            }
             "path" => m.path_exact = checked(ctx, child, values::check_path).unwrap_or_default(),
-            "path-regex" => m.path_regex = checked(ctx, child, values::check_regex).unwrap_or_default(),
+            "path-regex" => {
+                m.path_regex = checked(ctx, child, values::check_regex).unwrap_or_default()
+            }
             "host" => {
                 for (h, span) in ctx.strings(child) {
                     match values::check_host_pattern(&h) {
@@ -180,16 +204,24 @@ fn matches(ctx: &mut Ctx, node: &KdlNode) -> pb::RouteMatch {
                 ctx.check_props(child, &[]);
                 ctx.no_children(child);
                 let values: Vec<_> = args(child).collect();
-                let what = if n == "header" { "header name" } else { "query parameter" };
+                let what = if n == "header" {
+                    "header name"
+                } else {
+                    "query parameter"
+                };
                 let (Some(first), rest) = (values.first(), values.get(1..).unwrap_or(&[])) else {
                     ctx.error_help(
                         name_span(child),
                         format!("`{n}` needs a name"),
-                        format!("write `{n} \"name\"` (present) or `{n} \"name\" \"value\"` (equal)"),
+                        format!(
+                            "write `{n} \"name\"` (present) or `{n} \"name\" \"value\"` (equal)"
+                        ),
                     );
                     continue;
                 };
-                let Some(field) = ctx.entry_str(first, what) else { continue };
+                let Some(field) = ctx.entry_str(first, what) else {
+                    continue;
+                };
                 if n == "header" {
                     if let Err(e) = values::check_header_name(&field) {
                         ctx.error(first.span(), e);
@@ -200,7 +232,10 @@ fn matches(ctx: &mut Ctx, node: &KdlNode) -> pb::RouteMatch {
                     continue;
                 }
                 if rest.len() > 1 {
-                    ctx.error(rest[1].span(), format!("`{n}` takes a name and at most one value"));
+                    ctx.error(
+                        rest[1].span(),
+                        format!("`{n}` takes a name and at most one value"),
+                    );
                 }
                 let value = match rest.first() {
                     Some(e) => match ctx.entry_str(e, &format!("{n} value")) {
@@ -212,9 +247,17 @@ fn matches(ctx: &mut Ctx, node: &KdlNode) -> pb::RouteMatch {
                 let present_only = value.is_none();
                 let value = value.unwrap_or_default();
                 if n == "header" {
-                    m.headers.push(pb::HeaderMatch { name: field.to_ascii_lowercase(), value, present_only });
+                    m.headers.push(pb::HeaderMatch {
+                        name: field.to_ascii_lowercase(),
+                        value,
+                        present_only,
+                    });
                 } else {
-                    m.query.push(pb::QueryMatch { name: field, value, present_only });
+                    m.query.push(pb::QueryMatch {
+                        name: field,
+                        value,
+                        present_only,
+                    });
                 }
             }
             _ => ctx.unknown_node(child, "matches", MATCHES),
@@ -277,10 +320,17 @@ fn header_rewrite(ctx: &mut Ctx, node: &KdlNode) -> pb::HeaderRewrite {
                 ctx.no_children(child);
                 let values: Vec<_> = args(child).collect();
                 if values.len() != 2 {
-                    ctx.error_help(name_span(child), "`set` takes a header name and a value", "write `set \"X-Name\" \"value\"`");
+                    ctx.error_help(
+                        name_span(child),
+                        "`set` takes a header name and a value",
+                        "write `set \"X-Name\" \"value\"`",
+                    );
                     continue;
                 }
-                let (Some(n), Some(v)) = (ctx.entry_str(values[0], "header name"), ctx.entry_str(values[1], "header value")) else {
+                let (Some(n), Some(v)) = (
+                    ctx.entry_str(values[0], "header name"),
+                    ctx.entry_str(values[1], "header value"),
+                ) else {
                     continue;
                 };
                 if let Err(e) = values::check_header_name(&n) {
@@ -288,10 +338,18 @@ fn header_rewrite(ctx: &mut Ctx, node: &KdlNode) -> pb::HeaderRewrite {
                     continue;
                 }
                 if v.chars().any(|c| c == '\r' || c == '\n' || c == '\0') {
-                    ctx.error(values[1].span(), "header value contains a line break or NUL");
+                    ctx.error(
+                        values[1].span(),
+                        "header value contains a line break or NUL",
+                    );
                     continue;
                 }
-                rw.set.push(pb::HeaderValue { name: n.to_ascii_lowercase(), value: v });
+                let n = n.to_ascii_lowercase();
+                if rw.set.iter().any(|h| h.name == n) {
+                    ctx.error(values[0].span(), format!("header `{n}` is set twice"));
+                    continue;
+                }
+                rw.set.push(pb::HeaderValue { name: n, value: v });
             }
             "remove" => {
                 for (n, span) in ctx.strings(child) {

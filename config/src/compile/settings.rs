@@ -7,10 +7,20 @@ use super::{checked, require_block};
 use crate::reader::{Ctx, Seen, children, name};
 use crate::values;
 
-const SERVER: &[&str] = &["worker-threads", "max-connections", "graceful-shutdown-timeout-secs"];
+const SERVER: &[&str] = &[
+    "worker-threads",
+    "max-connections",
+    "graceful-shutdown-timeout-secs",
+];
 const OBSERVABILITY: &[&str] = &["metrics", "tracing", "logging"];
 const METRICS: &[&str] = &["enabled", "path"];
-const TRACING: &[&str] = &["enabled", "backend", "sampling-rate", "service-name", "propagation"];
+const TRACING: &[&str] = &[
+    "enabled",
+    "backend",
+    "sampling-rate",
+    "service-name",
+    "propagation",
+];
 const OTLP: &[&str] = &["endpoint"];
 const LOGGING: &[&str] = &["level", "format", "access-log"];
 const LIMITS: &[&str] = &[
@@ -39,7 +49,10 @@ pub(super) fn defaults() -> pb::Settings {
             graceful_shutdown_timeout_ms: 30_000,
         }),
         observability: Some(pb::Observability {
-            metrics: Some(pb::Metrics { enabled: true, path: "/metrics".into() }),
+            metrics: Some(pb::Metrics {
+                enabled: true,
+                path: "/metrics".into(),
+            }),
             tracing: Some(pb::Tracing {
                 enabled: false,
                 otlp_endpoint: String::new(),
@@ -147,8 +160,13 @@ fn tracing(ctx: &mut Ctx, node: &KdlNode, tracing: &mut pb::Tracing) {
             }
             "backend" => {
                 ctx.check_props(child, &[]);
-                let Some(entry) = ctx.exactly_one_arg(child) else { continue };
-                if ctx.entry_choice(entry, "tracing backend", &[("otlp", ())]).is_none() {
+                let Some(entry) = ctx.exactly_one_arg(child) else {
+                    continue;
+                };
+                if ctx
+                    .entry_choice(entry, "tracing backend", &[("otlp", ())])
+                    .is_none()
+                {
                     continue;
                 }
                 if !require_block(ctx, child) {

@@ -35,10 +35,19 @@ const HEALTH_CHECK: &[&str] = &[
     "unhealthy-threshold",
 ];
 const HTTP_CHECK: &[&str] = &["path", "expected-status", "host"];
-const PASSIVE: &[&str] =
-    &["enabled", "failure-rate-percent", "min-requests", "consecutive-failures", "ejection-secs"];
-pub(super) const BREAKER: &[&str] =
-    &["enabled", "failure-threshold", "success-threshold", "timeout-seconds"];
+const PASSIVE: &[&str] = &[
+    "enabled",
+    "failure-rate-percent",
+    "min-requests",
+    "consecutive-failures",
+    "ejection-secs",
+];
+pub(super) const BREAKER: &[&str] = &[
+    "enabled",
+    "failure-threshold",
+    "success-threshold",
+    "timeout-seconds",
+];
 const POOL: &[&str] = &["max-connections", "max-idle", "idle-timeout-secs"];
 const TIMEOUTS: &[&str] = &[
     "connect-secs",
@@ -50,9 +59,20 @@ const TIMEOUTS: &[&str] = &[
     "read-ms",
     "write-ms",
 ];
-const RETRY: &[&str] =
-    &["attempts", "backoff-ms", "on-status", "budget-percent", "min-retries-per-second"];
-const DNS: &[&str] = &["hostname", "port", "record-type", "refresh-interval-secs", "resolver"];
+const RETRY: &[&str] = &[
+    "attempts",
+    "backoff-ms",
+    "on-status",
+    "budget-percent",
+    "min-retries-per-second",
+];
+const DNS: &[&str] = &[
+    "hostname",
+    "port",
+    "record-type",
+    "refresh-interval-secs",
+    "resolver",
+];
 const CONSUL: &[&str] = &[
     "address",
     "service",
@@ -62,8 +82,14 @@ const CONSUL: &[&str] = &[
     "refresh-interval-secs",
     "token",
 ];
-const KUBERNETES: &[&str] =
-    &["namespace", "service", "port", "refresh-interval-secs", "api-server", "token-file"];
+const KUBERNETES: &[&str] = &[
+    "namespace",
+    "service",
+    "port",
+    "refresh-interval-secs",
+    "api-server",
+    "token-file",
+];
 
 pub(super) const SCHEMA: &[(&str, &[&str])] = &[
     ("upstreams", &["upstream"]),
@@ -86,9 +112,15 @@ pub(super) const SCHEMA: &[(&str, &[&str])] = &[
 pub(crate) const ALGORITHMS: &[(&str, pb::LoadBalancingAlgorithm)] = &[
     ("round_robin", pb::LoadBalancingAlgorithm::RoundRobin),
     ("weighted", pb::LoadBalancingAlgorithm::Weighted),
-    ("least_connections", pb::LoadBalancingAlgorithm::LeastConnections),
+    (
+        "least_connections",
+        pb::LoadBalancingAlgorithm::LeastConnections,
+    ),
     ("ip_hash", pb::LoadBalancingAlgorithm::IpHash),
-    ("consistent_hash", pb::LoadBalancingAlgorithm::ConsistentHash),
+    (
+        "consistent_hash",
+        pb::LoadBalancingAlgorithm::ConsistentHash,
+    ),
     ("random", pb::LoadBalancingAlgorithm::Random),
     ("p2c", pb::LoadBalancingAlgorithm::P2c),
 ];
@@ -146,7 +178,12 @@ fn defaults(name: String) -> pb::Upstream {
 }
 
 pub(super) fn breaker_defaults(enabled: bool) -> pb::CircuitBreaker {
-    pb::CircuitBreaker { enabled, failure_threshold: 5, success_threshold: 3, open_ms: 30_000 }
+    pb::CircuitBreaker {
+        enabled,
+        failure_threshold: 5,
+        success_threshold: 3,
+        open_ms: 30_000,
+    }
 }
 
 pub(super) fn upstream(
@@ -192,20 +229,30 @@ pub(super) fn upstream(
                     u.discovery = Some(pb::Discovery { source: Some(d) });
                 }
             }
-            "load-balancing" => {
-                load_balancing(ctx, child, u.load_balancing.get_or_insert_with(Default::default))
-            }
-            "health-check" => {
-                health_check(ctx, child, u.health_check.get_or_insert_with(Default::default))
-            }
-            "passive-health" => {
-                passive(ctx, child, u.passive_health.get_or_insert_with(Default::default))
-            }
+            "load-balancing" => load_balancing(
+                ctx,
+                child,
+                u.load_balancing.get_or_insert_with(Default::default),
+            ),
+            "health-check" => health_check(
+                ctx,
+                child,
+                u.health_check.get_or_insert_with(Default::default),
+            ),
+            "passive-health" => passive(
+                ctx,
+                child,
+                u.passive_health.get_or_insert_with(Default::default),
+            ),
             "circuit-breaker" => {
                 let b = u.circuit_breaker.get_or_insert_with(Default::default);
                 circuit_breaker(ctx, child, b);
             }
-            "connection-pool" => pool(ctx, child, u.connection_pool.get_or_insert_with(Default::default)),
+            "connection-pool" => pool(
+                ctx,
+                child,
+                u.connection_pool.get_or_insert_with(Default::default),
+            ),
             "timeouts" => timeouts(ctx, child, u.timeouts.get_or_insert_with(Default::default)),
             "retry" => retry(ctx, child, u.retry.get_or_insert_with(Default::default)),
             "all-unhealthy" => {
@@ -225,7 +272,11 @@ pub(super) fn upstream(
     for (t, span) in &targets {
         if let Some((_, first)) = addresses.iter().find(|(a, _)| *a == t.address) {
             let line = ctx.line_of(*first);
-            ctx.error_help(*span, format!("duplicate target `{}`", t.address), format!("already listed on line {line}"));
+            ctx.error_help(
+                *span,
+                format!("duplicate target `{}`", t.address),
+                format!("already listed on line {line}"),
+            );
         } else {
             addresses.push((&t.address, *span));
         }
@@ -239,7 +290,7 @@ pub(super) fn upstream(
             );
         }
         Some((kind, _)) if kind != "static" => {}
-        _ if targets.is_empty() => ctx.error_help(
+        _ if targets.is_empty() && !wrote_targets(node) => ctx.error_help(
             name_span(node),
             format!("upstream `{upstream_name}` has no targets"),
             "add `target \"10.0.0.1:8080\"` or a `discovery` block",
@@ -251,6 +302,14 @@ pub(super) fn upstream(
         targets: targets.into_iter().map(|(t, _)| t).collect(),
     };
     Some((upstream_name, span, (u, endpoints)))
+}
+
+/// Whether the block has any `target` (valid or not), directly or in `targets`.
+fn wrote_targets(node: &KdlNode) -> bool {
+    children(node).iter().any(|c| {
+        name(c) == "target"
+            || (name(c) == "targets" && children(c).iter().any(|t| name(t) == "target"))
+    })
 }
 
 /// `target "addr" weight=1` or `target { address "…" weight 1 }`.
@@ -272,7 +331,8 @@ fn target(ctx: &mut Ctx, node: &KdlNode) -> Option<(pb::Target, SourceSpan)> {
             }
             match name(child) {
                 "address" => {
-                    t.address = checked(ctx, child, |s| values::check_address(s, false)).unwrap_or_default()
+                    t.address =
+                        checked(ctx, child, |s| values::check_address(s, false)).unwrap_or_default()
                 }
                 "weight" => t.weight = ctx.u32(child, 0, 10_000).unwrap_or(t.weight),
                 "zone" => t.zone = ctx.string(child).unwrap_or_default(),
@@ -281,7 +341,11 @@ fn target(ctx: &mut Ctx, node: &KdlNode) -> Option<(pb::Target, SourceSpan)> {
         }
         if t.address.is_empty() {
             if !children(node).iter().any(|c| name(c) == "address") {
-                ctx.error_help(span, "`target` has no `address`", "add `address \"10.0.0.1:8080\"`");
+                ctx.error_help(
+                    span,
+                    "`target` has no `address`",
+                    "add `address \"10.0.0.1:8080\"`",
+                );
             }
             return None;
         }
@@ -344,7 +408,9 @@ fn discovery(ctx: &mut Ctx, node: &KdlNode) -> Option<pb::discovery::Source> {
                     continue;
                 }
                 match name(child) {
-                    "hostname" => d.hostname = checked(ctx, child, values::check_hostname).unwrap_or_default(),
+                    "hostname" => {
+                        d.hostname = checked(ctx, child, values::check_hostname).unwrap_or_default()
+                    }
                     "port" => d.port = ctx.u32(child, 1, 65_535).unwrap_or_default(),
                     "record-type" => {
                         let types = [
@@ -360,12 +426,19 @@ fn discovery(ctx: &mut Ctx, node: &KdlNode) -> Option<pb::discovery::Source> {
                         d.refresh_interval_ms = refresh(ctx, child).unwrap_or(d.refresh_interval_ms)
                     }
                     "resolver" => {
-                        d.resolver = checked(ctx, child, |s| values::check_address(s, false)).unwrap_or_default()
+                        d.resolver = checked(ctx, child, |s| values::check_address(s, false))
+                            .unwrap_or_default()
                     }
                     _ => ctx.unknown_node(child, "discovery \"dns\"", DNS),
                 }
             }
-            require(ctx, node, "discovery \"dns\"", "hostname", !d.hostname.is_empty());
+            require(
+                ctx,
+                node,
+                "discovery \"dns\"",
+                "hostname",
+                !d.hostname.is_empty(),
+            );
             let srv = d.record_type == pb::DnsRecordType::Srv as i32;
             if !srv {
                 require(ctx, node, "discovery \"dns\"", "port", d.port != 0);
@@ -401,8 +474,20 @@ fn discovery(ctx: &mut Ctx, node: &KdlNode) -> Option<pb::discovery::Source> {
                     _ => ctx.unknown_node(child, "discovery \"consul\"", CONSUL),
                 }
             }
-            require(ctx, node, "discovery \"consul\"", "address", !c.address.is_empty());
-            require(ctx, node, "discovery \"consul\"", "service", !c.service.is_empty());
+            require(
+                ctx,
+                node,
+                "discovery \"consul\"",
+                "address",
+                !c.address.is_empty(),
+            );
+            require(
+                ctx,
+                node,
+                "discovery \"consul\"",
+                "service",
+                !c.service.is_empty(),
+            );
             Some(pb::discovery::Source::Consul(c))
         }
         Kind::Kubernetes => {
@@ -419,10 +504,16 @@ fn discovery(ctx: &mut Ctx, node: &KdlNode) -> Option<pb::discovery::Source> {
                     continue;
                 }
                 match name(child) {
-                    "namespace" => k.namespace = checked(ctx, child, values::check_name).unwrap_or_default(),
-                    "service" => k.service = checked(ctx, child, values::check_name).unwrap_or_default(),
+                    "namespace" => {
+                        k.namespace = checked(ctx, child, values::check_name).unwrap_or_default()
+                    }
+                    "service" => {
+                        k.service = checked(ctx, child, values::check_name).unwrap_or_default()
+                    }
                     "port" => {
-                        let Some(entry) = ctx.one_arg(child) else { continue };
+                        let Some(entry) = ctx.one_arg(child) else {
+                            continue;
+                        };
                         k.port = match entry.value() {
                             KdlValue::Integer(_) => ctx
                                 .entry_uint(entry, "port", 1, 65_535)
@@ -435,22 +526,39 @@ fn discovery(ctx: &mut Ctx, node: &KdlNode) -> Option<pb::discovery::Source> {
                         k.refresh_interval_ms = refresh(ctx, child).unwrap_or(k.refresh_interval_ms)
                     }
                     "api-server" => {
-                        k.api_server = checked(ctx, child, |s| values::check_url(s, &["http", "https"]))
-                            .unwrap_or_default()
+                        k.api_server =
+                            checked(ctx, child, |s| values::check_url(s, &["http", "https"]))
+                                .unwrap_or_default()
                     }
                     "token-file" => k.token_file = ctx.string(child).unwrap_or_default(),
                     _ => ctx.unknown_node(child, "discovery \"kubernetes\"", KUBERNETES),
                 }
             }
-            require(ctx, node, "discovery \"kubernetes\"", "service", !k.service.is_empty());
-            require(ctx, node, "discovery \"kubernetes\"", "port", !k.port.is_empty());
+            require(
+                ctx,
+                node,
+                "discovery \"kubernetes\"",
+                "service",
+                !k.service.is_empty(),
+            );
+            require(
+                ctx,
+                node,
+                "discovery \"kubernetes\"",
+                "port",
+                !k.port.is_empty(),
+            );
             Some(pb::discovery::Source::Kubernetes(k))
         }
     }
 }
 
 fn consul_address(s: &str) -> Result<(), String> {
-    if s.contains("://") { values::check_url(s, &["http", "https"]) } else { values::check_address(s, false) }
+    if s.contains("://") {
+        values::check_url(s, &["http", "https"])
+    } else {
+        values::check_address(s, false)
+    }
 }
 
 fn refresh(ctx: &mut Ctx, node: &KdlNode) -> Option<u64> {
@@ -462,13 +570,19 @@ fn require(ctx: &mut Ctx, node: &KdlNode, block: &str, field: &str, present: boo
     let written = children(node).iter().any(|c| name(c) == field);
     if !present && !written {
         let span = name_span(node);
-        ctx.error_help(span, format!("`{block}` needs `{field}`"), format!("add `{field} …` inside the block"));
+        ctx.error_help(
+            span,
+            format!("`{block}` needs `{field}`"),
+            format!("add `{field} …` inside the block"),
+        );
     }
 }
 
 fn load_balancing(ctx: &mut Ctx, node: &KdlNode, lb: &mut pb::LoadBalancing) {
     ctx.check_props(node, &[]);
-    let Some(entry) = ctx.exactly_one_arg(node) else { return };
+    let Some(entry) = ctx.exactly_one_arg(node) else {
+        return;
+    };
     let Some(algorithm) = ctx.entry_choice(entry, "load-balancing algorithm", ALGORITHMS) else {
         return;
     };
@@ -536,9 +650,16 @@ fn health_check(ctx: &mut Ctx, node: &KdlNode, hc: &mut pb::HealthCheck) {
             "enabled" => hc.enabled = ctx.boolean(child).unwrap_or(hc.enabled),
             "type" => {
                 ctx.check_props(child, &[]);
-                let Some(entry) = ctx.exactly_one_arg(child) else { continue };
-                let kinds = [("http", pb::HealthCheckKind::Http), ("tcp", pb::HealthCheckKind::Tcp)];
-                let Some(kind) = ctx.entry_choice(entry, "health-check type", &kinds) else { continue };
+                let Some(entry) = ctx.exactly_one_arg(child) else {
+                    continue;
+                };
+                let kinds = [
+                    ("http", pb::HealthCheckKind::Http),
+                    ("tcp", pb::HealthCheckKind::Tcp),
+                ];
+                let Some(kind) = ctx.entry_choice(entry, "health-check type", &kinds) else {
+                    continue;
+                };
                 hc.kind = kind as i32;
                 if kind == pb::HealthCheckKind::Tcp {
                     ctx.no_children(child);
@@ -550,16 +671,31 @@ fn health_check(ctx: &mut Ctx, node: &KdlNode, hc: &mut pb::HealthCheck) {
                         continue;
                     }
                     match name(opt) {
-                        "path" => hc.path = checked(ctx, opt, values::check_path).unwrap_or_default(),
-                        "expected-status" => hc.expected_status = ctx.u32(opt, 100, 599).unwrap_or(200),
-                        "host" => hc.host = checked(ctx, opt, values::check_host_pattern).unwrap_or_default(),
+                        "path" => {
+                            hc.path = checked(ctx, opt, values::check_path).unwrap_or_default()
+                        }
+                        "expected-status" => {
+                            hc.expected_status = ctx.u32(opt, 100, 599).unwrap_or(200)
+                        }
+                        "host" => {
+                            hc.host =
+                                checked(ctx, opt, values::check_host_pattern).unwrap_or_default()
+                        }
                         _ => ctx.unknown_node(opt, "type \"http\"", HTTP_CHECK),
                     }
                 }
             }
-            "interval-secs" => hc.interval_ms = ctx.uint(child, 1, 3600).map_or(hc.interval_ms, |s| s * 1000),
-            "timeout-secs" => hc.timeout_ms = ctx.uint(child, 1, 600).map_or(hc.timeout_ms, |s| s * 1000),
-            "healthy-threshold" => hc.healthy_threshold = ctx.u32(child, 1, 100).unwrap_or(hc.healthy_threshold),
+            "interval-secs" => {
+                hc.interval_ms = ctx
+                    .uint(child, 1, 3600)
+                    .map_or(hc.interval_ms, |s| s * 1000)
+            }
+            "timeout-secs" => {
+                hc.timeout_ms = ctx.uint(child, 1, 600).map_or(hc.timeout_ms, |s| s * 1000)
+            }
+            "healthy-threshold" => {
+                hc.healthy_threshold = ctx.u32(child, 1, 100).unwrap_or(hc.healthy_threshold)
+            }
             "unhealthy-threshold" => {
                 hc.unhealthy_threshold = ctx.u32(child, 1, 100).unwrap_or(hc.unhealthy_threshold)
             }
@@ -585,12 +721,18 @@ fn passive(ctx: &mut Ctx, node: &KdlNode, p: &mut pb::PassiveHealth) {
         }
         match name(child) {
             "enabled" => p.enabled = ctx.boolean(child).unwrap_or(p.enabled),
-            "failure-rate-percent" => p.failure_rate_percent = ctx.u32(child, 1, 100).unwrap_or(p.failure_rate_percent),
-            "min-requests" => p.min_requests = ctx.u32(child, 1, 1_000_000).unwrap_or(p.min_requests),
+            "failure-rate-percent" => {
+                p.failure_rate_percent = ctx.u32(child, 1, 100).unwrap_or(p.failure_rate_percent)
+            }
+            "min-requests" => {
+                p.min_requests = ctx.u32(child, 1, 1_000_000).unwrap_or(p.min_requests)
+            }
             "consecutive-failures" => {
                 p.consecutive_failures = ctx.u32(child, 0, 10_000).unwrap_or(p.consecutive_failures)
             }
-            "ejection-secs" => p.ejection_ms = ctx.uint(child, 1, 3600).map_or(p.ejection_ms, |s| s * 1000),
+            "ejection-secs" => {
+                p.ejection_ms = ctx.uint(child, 1, 3600).map_or(p.ejection_ms, |s| s * 1000)
+            }
             _ => ctx.unknown_node(child, "passive-health", PASSIVE),
         }
     }
@@ -607,9 +749,15 @@ pub(super) fn circuit_breaker(ctx: &mut Ctx, node: &KdlNode, b: &mut pb::Circuit
         }
         match name(child) {
             "enabled" => b.enabled = ctx.boolean(child).unwrap_or(b.enabled),
-            "failure-threshold" => b.failure_threshold = ctx.u32(child, 1, 10_000).unwrap_or(b.failure_threshold),
-            "success-threshold" => b.success_threshold = ctx.u32(child, 1, 10_000).unwrap_or(b.success_threshold),
-            "timeout-seconds" => b.open_ms = ctx.uint(child, 1, 3600).map_or(b.open_ms, |s| s * 1000),
+            "failure-threshold" => {
+                b.failure_threshold = ctx.u32(child, 1, 10_000).unwrap_or(b.failure_threshold)
+            }
+            "success-threshold" => {
+                b.success_threshold = ctx.u32(child, 1, 10_000).unwrap_or(b.success_threshold)
+            }
+            "timeout-seconds" => {
+                b.open_ms = ctx.uint(child, 1, 3600).map_or(b.open_ms, |s| s * 1000)
+            }
             _ => ctx.unknown_node(child, "circuit-breaker", BREAKER),
         }
     }
@@ -624,9 +772,15 @@ fn pool(ctx: &mut Ctx, node: &KdlNode, p: &mut pb::ConnectionPool) {
             continue;
         }
         match name(child) {
-            "max-connections" => p.max_connections = ctx.u32(child, 1, 1_000_000).unwrap_or(p.max_connections),
+            "max-connections" => {
+                p.max_connections = ctx.u32(child, 1, 1_000_000).unwrap_or(p.max_connections)
+            }
             "max-idle" => p.max_idle = ctx.u32(child, 0, 1_000_000).unwrap_or(p.max_idle),
-            "idle-timeout-secs" => p.idle_timeout_ms = ctx.uint(child, 1, 86_400).map_or(p.idle_timeout_ms, |s| s * 1000),
+            "idle-timeout-secs" => {
+                p.idle_timeout_ms = ctx
+                    .uint(child, 1, 86_400)
+                    .map_or(p.idle_timeout_ms, |s| s * 1000)
+            }
             _ => ctx.unknown_node(child, "connection-pool", POOL),
         }
     }
@@ -655,11 +809,17 @@ fn timeouts(ctx: &mut Ctx, node: &KdlNode, t: &mut pb::Timeouts) {
         }
         if let Some((_, first)) = set.iter().find(|(f, _)| *f == field) {
             let line = ctx.line_of(*first);
-            ctx.error_help(name_span(child), format!("`{field}` timeout is set twice"), format!("already set on line {line}"));
+            ctx.error_help(
+                name_span(child),
+                format!("`{field}` timeout is set twice"),
+                format!("already set on line {line}"),
+            );
             continue;
         }
         set.push((field, name_span(child)));
-        let Some(ms) = ctx.duration_ms(child, 86_400) else { continue };
+        let Some(ms) = ctx.duration_ms(child, 86_400) else {
+            continue;
+        };
         if ms == 0 {
             ctx.error(name_span(child), format!("`{n}` must be greater than zero"));
             continue;
@@ -694,12 +854,19 @@ fn retry(ctx: &mut Ctx, node: &KdlNode, r: &mut pb::Retry) {
                     }
                 }
                 if args(child).next().is_none() {
-                    ctx.error(name_span(child), "`on-status` needs at least one status (500-599)");
+                    ctx.error(
+                        name_span(child),
+                        "`on-status` needs at least one status (500-599)",
+                    );
                 }
             }
-            "budget-percent" => r.budget_percent = ctx.u32(child, 0, 100).unwrap_or(r.budget_percent),
+            "budget-percent" => {
+                r.budget_percent = ctx.u32(child, 0, 100).unwrap_or(r.budget_percent)
+            }
             "min-retries-per-second" => {
-                r.min_retries_per_second = ctx.u32(child, 0, 100_000).unwrap_or(r.min_retries_per_second)
+                r.min_retries_per_second = ctx
+                    .u32(child, 0, 100_000)
+                    .unwrap_or(r.min_retries_per_second)
             }
             _ => ctx.unknown_node(child, "retry", RETRY),
         }
