@@ -14,17 +14,32 @@ fn valid_files_exit_zero_with_a_summary_each() {
         .arg(examples().join("full.kdl"))
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("minimal.kdl: valid: 1 listeners, 1 routes"), "{stdout}");
-    assert!(stdout.contains("full.kdl: valid: 2 listeners, 8 routes, 7 upstreams"), "{stdout}");
+    assert!(
+        stdout.contains("minimal.kdl: valid: 1 listeners, 1 routes"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("full.kdl: valid: 2 listeners, 8 routes, 7 upstreams"),
+        "{stdout}"
+    );
 }
 
 #[test]
 fn invalid_file_exits_one_with_every_diagnostic() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.kdl");
-    std::fs::write(&bad, "sever {\n}\nroutes {\n  route \"r\" { upstream \"none\"; }\n}\n").unwrap();
+    std::fs::write(
+        &bad,
+        "sever {\n}\nroutes {\n  route \"r\" { upstream \"none\"; }\n}\n",
+    )
+    .unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_sentinelctl"))
         .arg("validate")
         .arg(&bad)
@@ -51,6 +66,9 @@ fn missing_file_is_reported_not_panicked() {
 
 #[test]
 fn no_file_is_a_usage_error() {
-    let out = Command::new(env!("CARGO_BIN_EXE_sentinelctl")).arg("validate").output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_sentinelctl"))
+        .arg("validate")
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }

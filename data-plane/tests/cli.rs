@@ -3,7 +3,9 @@
 use std::process::Command;
 
 fn example(name: &str) -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/examples").join(name)
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../docs/examples")
+        .join(name)
 }
 
 #[test]
@@ -18,7 +20,11 @@ fn validate_reports_summary_and_exit_code() {
 
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.kdl");
-    std::fs::write(&bad, "listeners {\n  listener \"l\" { address \"nowhere\"; }\n}\n").unwrap();
+    std::fs::write(
+        &bad,
+        "listeners {\n  listener \"l\" { address \"nowhere\"; }\n}\n",
+    )
+    .unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_sentinel"))
         .args(["--validate", "--config"])
         .arg(&bad)
