@@ -1,0 +1,28 @@
+//! `sentinel`: Sentinel's data plane, a reverse proxy built on tokio and
+//! hyper 1.
+//!
+//! A [`runtime::Runtime`] is built from wire resources (a
+//! `sentinel_config::Snapshot`) and swapped in atomically by
+//! [`apply::Proxy::apply`]; the request path ([`proxy`]) reads it with one
+//! `ArcSwap` load. Standalone mode ([`standalone`]) compiles a KDL file
+//! locally and applies it through that same path.
+//!
+//! Map: `routing` (route matching), `upstream/` (`balance`, `health`,
+//! `breaker`, pool and retry budget in `mod.rs`), `ratelimit`, `listeners`
+//! (accept, TLS, limits, drain), `admin` (admin listener), `telemetry`
+//! (logs and metrics), `error` (the one error type and its statuses).
+
+pub mod admin;
+pub mod apply;
+pub mod body;
+pub mod clock;
+pub mod error;
+pub mod listeners;
+pub mod proxy;
+pub mod ratelimit;
+pub mod routing;
+pub mod runtime;
+pub mod standalone;
+pub mod telemetry;
+pub mod tls;
+pub mod upstream;

@@ -1,0 +1,342 @@
+//! Listeners: binding, accepting, TLS, connection limits, draining.
+//!
+//! Applying a runtime is two-phase so a bind failure never half-applies:
+//! [`Listeners::prepare`] binds every listener that is new (or moved to a new
+//! address) and fails without side effects if one cannot bind; after the
+//! runtime is swapped in, [`Listeners::commit`] starts accepting on the new
+//! sockets, hands changed settings to kept listeners, and drains the ones
+//! that were removed (they stop accepting; their open connections finish
+//! their in-flight requests and close).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use sentinel_proto as pb;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, watch};
+
+use crate::proxy::{self, ConnInfo, Shared};
+use crate::runtime::{BuildError, ListenerSpec, Runtime};
+
+struct Running {
+    name: String,
+    addr: SocketAddr,
+    spec: Arc<ArcSwap<ListenerSpec>>,
+    stop: watch::Sender<bool>,
+}
+
+/// Connection accounting shared by all listeners (server-wide limit and
+/// the drain on shutdown).
+#[derive(Default)]
+pub struct Connections {
+    open: AtomicUsize,
+    changed: Notify,
+    limit: AtomicUsize,
+}
+
+impl Connections {
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Acquire)
+    }
+
+    /// Waits until every connection closed or `timeout` passed; returns the
+    /// number still open.
+    pub async fn drained(&self, timeout: Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.changed.notified();
+            let open = self.open();
+            if open == 0 {
+                return 0;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.open();
+            }
+        }
+    }
+}
+
+struct ConnGuard {
+    conns: Arc<Connections>,
+    listener_open: Arc<AtomicUsize>,
+    listener_changed: Arc<Notify>,
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.conns.open.fetch_sub(1, Ordering::AcqRel);
+        self.conns.changed.notify_waiters();
+        self.listener_open.fetch_sub(1, Ordering::AcqRel);
+        self.listener_changed.notify_waiters();
+        metrics::gauge!("sentinel_open_connections").decrement(1.0);
+    }
+}
+
+/// Sockets bound by `prepare`, waiting for `commit`.
+pub struct Plan {
+    bound: Vec<(ListenerSpec, TcpListener)>,
+}
+
+pub struct Listeners {
+    shared: Arc<Shared>,
+    running: Mutex<Vec<Running>>,
+    pub connections: Arc<Connections>,
+    shutdown: watch::Sender<bool>,
+}
+
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    TcpListener::from_std(socket.into())
+}
+
+impl Listeners {
+    pub fn new(shared: Arc<Shared>) -> Self {
+        let (shutdown, _) = watch::channel(false);
+        Self { shared, running: Mutex::new(Vec::new()), connections: Arc::default(), shutdown }
+    }
+
+    /// Binds what `runtime` needs that is not bound yet.
+    pub fn prepare(&self, runtime: &Runtime) -> Result<Plan, BuildError> {
+        let running = self.running.lock().map_err(|_| poisoned())?;
+        let mut bound = Vec::new();
+        for spec in &runtime.listeners {
+            if running.iter().any(|r| r.name == spec.name && r.addr == spec.addr) {
+                continue;
+            }
+            // A listener moving to an address another listener holds now
+            // reuses nothing: the old one is drained only after commit.
+            let listener = bind(spec.addr).map_err(|e| {
+                BuildError::new(pb::ResourceType::Listener, &spec.name, format!("cannot bind {}: {e}", spec.addr))
+            })?;
+            bound.push((spec.clone(), listener));
+        }
+        Ok(Plan { bound })
+    }
+
+    /// Starts the new listeners, updates kept ones, drains removed ones.
+    pub fn commit(&self, runtime: &Runtime, plan: Plan) {
+        let settings = runtime.settings.server.unwrap_or_default();
+        let limits = runtime.limits();
+        let total = match (settings.max_connections, limits.max_total_connections) {
+            (0, 0) => usize::MAX,
+            (0, l) | (l, 0) => l as usize,
+            (a, b) => a.min(b) as usize,
+        };
+        self.connections.limit.store(total, Ordering::Release);
+        self.connections.changed.notify_waiters();
+        let Ok(mut running) = self.running.lock() else { return };
+        running.retain(|r| {
+            let keep = runtime.listeners.iter().find(|s| s.name == r.name && s.addr == r.addr);
+            match keep {
+                Some(spec) => {
+                    r.spec.store(Arc::new(spec.clone()));
+                    true
+                }
+                None => {
+                    tracing::info!(listener = %r.name, addr = %r.addr, "listener removed; draining");
+                    let _ = r.stop.send(true);
+                    false
+                }
+            }
+        });
+        for (spec, listener) in plan.bound {
+            let (stop, stop_rx) = watch::channel(false);
+            let cell = Arc::new(ArcSwap::from_pointee(spec.clone()));
+            tracing::info!(listener = %spec.name, addr = %spec.addr, tls = spec.tls.is_some(), "listening");
+            tokio::spawn(accept_loop(
+                listener,
+                Arc::clone(&cell),
+                Arc::clone(&self.shared),
+                Arc::clone(&self.connections),
+                stop_rx,
+                self.shutdown.subscribe(),
+            ));
+            running.push(Running { name: spec.name.clone(), addr: spec.addr, spec: cell, stop });
+        }
+    }
+
+    /// Local addresses actually bound (port 0 resolved), by listener name.
+    pub fn bound(&self) -> Vec<(String, SocketAddr)> {
+        self.running.lock().map(|r| r.iter().map(|r| (r.name.clone(), r.addr)).collect()).unwrap_or_default()
+    }
+
+    /// Stops accepting everywhere and asks every connection to finish its
+    /// in-flight requests and close.
+    pub fn shutdown(&self) {
+        let _ = self.shutdown.send(true);
+        if let Ok(running) = self.running.lock() {
+            for r in running.iter() {
+                let _ = r.stop.send(true);
+            }
+        }
+    }
+}
+
+fn poisoned() -> BuildError {
+    BuildError::new(pb::ResourceType::Listener, "", "internal error: listener registry poisoned")
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    spec: Arc<ArcSwap<ListenerSpec>>,
+    shared: Arc<Shared>,
+    conns: Arc<Connections>,
+    mut stop: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let listener_open = Arc::new(AtomicUsize::new(0));
+    let listener_changed = Arc::new(Notify::new());
+    loop {
+        // Connection limits: wait (leaving clients in the backlog) rather
+        // than accept and drop.
+        loop {
+            let local_limit = spec.load().resource.max_connections as usize;
+            let notified_global = conns.changed.notified();
+            let notified_local = listener_changed.notified();
+            let over_global = conns.open() >= conns.limit.load(Ordering::Acquire);
+            let over_local = local_limit > 0 && listener_open.load(Ordering::Acquire) >= local_limit;
+            if !over_global && !over_local {
+                break;
+            }
+            tokio::select! {
+                _ = notified_global => {}
+                _ = notified_local => {}
+                _ = stop.changed() => return,
+            }
+        }
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = stop.changed() => return,
+        };
+        let (stream, client) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        conns.open.fetch_add(1, Ordering::AcqRel);
+        listener_open.fetch_add(1, Ordering::AcqRel);
+        metrics::gauge!("sentinel_open_connections").increment(1.0);
+        let guard = ConnGuard {
+            conns: Arc::clone(&conns),
+            listener_open: Arc::clone(&listener_open),
+            listener_changed: Arc::clone(&listener_changed),
+        };
+        let spec = spec.load_full();
+        tokio::spawn(serve_connection(
+            stream,
+            client,
+            spec,
+            Arc::clone(&shared),
+            stop.clone(),
+            shutdown.clone(),
+            guard,
+        ));
+    }
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    client: SocketAddr,
+    spec: Arc<ListenerSpec>,
+    shared: Arc<Shared>,
+    stop: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
+    _guard: ConnGuard,
+) {
+    let l = &spec.resource;
+    let conn = Arc::new(ConnInfo { client, listener: Arc::from(spec.name.as_str()), tls: spec.tls.is_some() });
+    let header_timeout = Duration::from_millis(l.header_read_timeout_ms.max(1000));
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    let limits = shared.runtime.load().as_ref().map(|r| r.limits()).unwrap_or_default();
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .keep_alive(true)
+        .max_buf_size((limits.max_header_bytes as usize).max(8192))
+        .max_headers((limits.max_headers as usize).max(1));
+    builder.http2().timer(TokioTimer::new()).max_header_list_size(limits.max_header_bytes.max(8192));
+    let service = hyper::service::service_fn(move |req| proxy::serve(Arc::clone(&shared), Arc::clone(&conn), req));
+    match &spec.tls {
+        Some(tls) => {
+            let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(tls));
+            let tls_stream = match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(%client, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
+            let builder = if h2 { builder.http2_only() } else { builder.http1_only() };
+            drive(builder.serve_connection_with_upgrades(TokioIo::new(tls_stream), service), stop, shutdown).await;
+        }
+        None => {
+            let builder = if l.http2 { builder } else { builder.http1_only() };
+            drive(builder.serve_connection_with_upgrades(TokioIo::new(stream), service), stop, shutdown).await;
+        }
+    }
+}
+
+/// Runs a connection until it ends; on stop or shutdown, lets in-flight
+/// requests finish and closes it.
+async fn drive<C>(conn: C, mut stop: watch::Receiver<bool>, mut shutdown: watch::Receiver<bool>)
+where
+    C: std::future::Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>> + GracefulConnection,
+{
+    let mut conn = std::pin::pin!(conn);
+    if *stop.borrow() || *shutdown.borrow() {
+        conn.as_mut().begin_graceful();
+        let _ = conn.await;
+        return;
+    }
+    tokio::select! {
+        res = conn.as_mut() => {
+            if let Err(e) = res {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+            return;
+        }
+        _ = stop.changed() => {}
+        _ = shutdown.changed() => {}
+    }
+    conn.as_mut().begin_graceful();
+    let _ = conn.await;
+}
+
+/// hyper-util's connections expose `graceful_shutdown` on a pinned self.
+pub trait GracefulConnection {
+    fn begin_graceful(self: std::pin::Pin<&mut Self>);
+}
+
+impl<I, S, E> GracefulConnection for auto::UpgradeableConnection<'_, I, S, E>
+where
+    S: hyper::service::HttpService<hyper::body::Incoming>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S::ResBody: http_body::Body + Send + 'static,
+    <S::ResBody as http_body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, S::ResBody>,
+{
+    fn begin_graceful(self: std::pin::Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}

@@ -1,0 +1,595 @@
+//! The request path: a fixed sequence of phases.
+//!
+//! 1. **limits** — URI and declared body size;
+//! 2. **route** — match on the runtime's router (404 otherwise);
+//! 3. **filters** — rate limits, in the route's order;
+//! 4. **pick + forward** — choose a target, send with timeouts, retry
+//!    idempotent requests on connect errors and configured statuses within
+//!    the retry budget; WebSocket upgrades are spliced through;
+//! 5. **response** — header rewrites, request id, rate-limit headers;
+//! 6. **log** — one access-log line and the request metrics.
+//!
+//! The runtime is read with one `ArcSwap` load at the start; the request
+//! finishes on that snapshot whatever swaps happen meanwhile. Errors are
+//! [`ProxyError`]s; their statuses come from `error.rs` only.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use rand::Rng;
+use sentinel_proto as pb;
+
+use crate::body::{self, Body};
+use crate::error::ProxyError;
+use crate::ratelimit::{self, Decision};
+use crate::runtime::Runtime;
+use crate::upstream::balance::PickContext;
+use crate::upstream::{Outcome, Upstream};
+
+/// State shared by every connection of every listener.
+#[derive(Default)]
+pub struct Shared {
+    pub runtime: ArcSwapOption<Runtime>,
+    pub shutting_down: AtomicBool,
+}
+
+/// What a connection knows about itself.
+#[derive(Debug)]
+pub struct ConnInfo {
+    pub client: SocketAddr,
+    pub listener: Arc<str>,
+    pub tls: bool,
+}
+
+/// Largest request body buffered so that an idempotent request can be
+/// retried; larger bodies are streamed once.
+const REPLAYABLE_BODY_BYTES: u64 = 64 * 1024;
+
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Facts gathered along the phases for the access log and metrics.
+#[derive(Default)]
+struct Trace {
+    route: Option<Arc<str>>,
+    upstream: Option<String>,
+    target: Option<String>,
+    attempts: u32,
+    limits: Option<Decision>,
+}
+
+/// Entry point of the hyper service.
+pub async fn serve(
+    shared: Arc<Shared>,
+    conn: Arc<ConnInfo>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let started = Instant::now();
+    let request_id = req
+        .headers()
+        .get(&X_REQUEST_ID)
+        .filter(|v| !v.is_empty() && v.len() <= 200)
+        .cloned()
+        .unwrap_or_else(new_request_id);
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let mut trace = Trace::default();
+    let Some(rt) = shared.runtime.load_full() else {
+        let resp = error_response(&ProxyError::ShuttingDown, &request_id);
+        return Ok(resp);
+    };
+    let result = handle(&rt, &conn, req, &request_id, &mut trace).await;
+    let mut resp = match result {
+        Ok(resp) => resp,
+        Err(e) => {
+            if e.source() != crate::error::Source::Downstream {
+                tracing::debug!(request_id = ?request_id, error = %e, "request failed");
+            }
+            error_response(&e, &request_id)
+        }
+    };
+    if let Some(d) = trace.limits {
+        rate_limit_headers(resp.headers_mut(), &d);
+    }
+    let elapsed = started.elapsed();
+    let status = resp.status();
+    let route_label = trace.route.as_deref().unwrap_or("").to_string();
+    metrics::counter!("sentinel_requests_total", "route" => route_label.clone(), "status" => status.as_u16().to_string())
+        .increment(1);
+    metrics::histogram!("sentinel_request_duration_seconds", "route" => route_label).record(elapsed.as_secs_f64());
+    if rt.access_log() {
+        tracing::info!(
+            target: "sentinel::access",
+            request_id = request_id.to_str().unwrap_or("-"),
+            client = %conn.client.ip(),
+            listener = %conn.listener,
+            method = %method,
+            path = %path,
+            route = trace.route.as_deref().unwrap_or("-"),
+            upstream = trace.upstream.as_deref().unwrap_or("-"),
+            target = trace.target.as_deref().unwrap_or("-"),
+            attempts = trace.attempts,
+            status = status.as_u16(),
+            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            "request"
+        );
+    }
+    Ok(resp)
+}
+
+async fn handle(
+    rt: &Runtime,
+    conn: &ConnInfo,
+    mut req: Request<Incoming>,
+    request_id: &HeaderValue,
+    trace: &mut Trace,
+) -> Result<Response<Body>, ProxyError> {
+    // --- limits
+    let limits = rt.limits();
+    let uri_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
+    if limits.max_uri_bytes > 0 && uri_len > limits.max_uri_bytes as usize {
+        return Err(ProxyError::UriTooLong { limit: limits.max_uri_bytes });
+    }
+    let host = request_host(&req);
+
+    // --- route
+    let route = match rt.router.route(&req, &host) {
+        Some(r) => Arc::clone(r),
+        None => {
+            let fallback = rt
+                .listeners
+                .iter()
+                .find(|l| *l.name == *conn.listener)
+                .map(|l| l.resource.default_route.as_str())
+                .filter(|r| !r.is_empty())
+                .and_then(|r| rt.router.by_name(r));
+            match fallback {
+                Some(r) => Arc::clone(r),
+                None => {
+                    return Err(ProxyError::NoRoute {
+                        method: req.method().to_string(),
+                        host,
+                        path: req.uri().path().to_string(),
+                    });
+                }
+            }
+        }
+    };
+    trace.route = Some(Arc::clone(&route.name));
+    let policies = route.resource.policies.clone().unwrap_or_default();
+    let max_body = if policies.max_body_bytes > 0 { policies.max_body_bytes } else { limits.max_body_bytes };
+    let declared_len = content_length(req.headers());
+    if let Some(len) = declared_len {
+        if max_body > 0 && len > max_body {
+            return Err(ProxyError::BodyTooLarge { limit: max_body });
+        }
+    }
+
+    // --- filters
+    let client_ip = conn.client.ip();
+    let client_ip_text = client_ip.to_string();
+    for name in &route.resource.filters {
+        let Some(limiter) = rt.limiters.get(name) else { continue };
+        let key = ratelimit::key_for(&limiter.cfg, &client_ip_text, req.uri().path(), req.headers());
+        let d = limiter.check(&key);
+        let decision = if d.allowed { "allowed" } else if limiter.enforces() { "rejected" } else { "logged" };
+        metrics::counter!("sentinel_rate_limit_decisions_total", "filter" => name.clone(), "decision" => decision)
+            .increment(1);
+        trace.limits = Some(d);
+        if !d.allowed && limiter.enforces() {
+            return Err(ProxyError::RateLimited {
+                filter: name.clone(),
+                retry_after_secs: d.retry_after_secs,
+                status: limiter.cfg.status_code as u16,
+            });
+        }
+    }
+
+    // --- pick + forward
+    let upstream = rt
+        .upstreams
+        .get(&route.resource.upstream)
+        .ok_or_else(|| ProxyError::NoTarget(route.resource.upstream.clone()))?;
+    trace.upstream = Some(upstream.name.clone());
+    let upgrade = is_upgrade(&req);
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (parts, incoming) = req.into_parts();
+    let headers = upstream_headers(&parts.headers, conn, &host, request_id, &policies, upgrade);
+    let hash_key = hash_key_value(upstream, &parts, &client_ip_text);
+    let ctx = PickContext { client_ip, hash_key: hash_key.as_deref() };
+    let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str()).to_string();
+    let timeouts = upstream.resource.timeouts.unwrap_or_default();
+    let request_ms = if policies.timeout_ms > 0 { policies.timeout_ms } else { timeouts.request_ms };
+    let head_timeout = Duration::from_millis(request_ms.min(timeouts.read_ms).max(1));
+    let retry = upstream.resource.retry.clone().unwrap_or_default();
+
+    let has_body = declared_len.is_some_and(|l| l > 0) || parts.headers.contains_key(header::TRANSFER_ENCODING);
+    let idempotent = is_idempotent(&parts.method) && !upgrade;
+    let replayable = idempotent && retry.attempts > 1 && declared_len.is_none_or(|l| l <= REPLAYABLE_BODY_BYTES);
+    let mut body_once = None;
+    let buffered: Option<Bytes> = if !has_body {
+        Some(Bytes::new())
+    } else if replayable && declared_len.is_some() {
+        let collected = incoming.collect().await.map_err(|e| ProxyError::BadRequest(format!("reading body: {e}")))?;
+        Some(collected.to_bytes())
+    } else {
+        let body = body::incoming(incoming);
+        body_once = Some(if max_body > 0 {
+            http_body_util::Limited::new(body, max_body as usize).boxed_unsync()
+        } else {
+            body
+        });
+        None
+    };
+    let attempts = if buffered.is_some() && idempotent { retry.attempts.max(1) } else { 1 };
+
+    upstream.count_request();
+    let mut tried: Vec<usize> = Vec::new();
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        trace.attempts = attempt;
+        let index = upstream.select(&ctx, &tried)?;
+        let target = &upstream.targets[index];
+        trace.target = Some(target.address.clone());
+        tried.push(index);
+        let uri: Uri = format!("http://{}{}", target.address, path_and_query)
+            .parse()
+            .map_err(|e| ProxyError::BadRequest(format!("cannot build upstream URI: {e}")))?;
+        let mut out = Request::new(match (&buffered, body_once.take()) {
+            (Some(bytes), _) => body::full(bytes.clone()),
+            (None, Some(b)) => b,
+            (None, None) => body::empty(),
+        });
+        *out.method_mut() = parts.method.clone();
+        *out.uri_mut() = uri;
+        *out.version_mut() = Version::HTTP_11;
+        *out.headers_mut() = headers.clone();
+
+        let guard = ActiveGuard::new(upstream, index);
+        let result = tokio::time::timeout(head_timeout, upstream.client.request(out)).await;
+        drop(guard);
+        let result = match result {
+            Err(_) => Err(ProxyError::Timeout { target: target.address.clone(), timeout_ms: head_timeout.as_millis() as u64 }),
+            Ok(Err(e)) if e.is_connect() => Err(ProxyError::Connect { target: target.address.clone(), reason: error_chain(&e) }),
+            Ok(Err(e)) => Err(classify_send_error(&target.address, &e, max_body)),
+            Ok(Ok(resp)) => Ok(resp),
+        };
+        let can_retry = attempt < attempts;
+        match result {
+            Ok(resp) => {
+                let status = resp.status().as_u16();
+                let failed = status >= 500;
+                upstream.record(index, if failed { Outcome::Failure } else { Outcome::Success });
+                if can_retry && retry.on_status.contains(&u32::from(status)) && upstream.try_retry() {
+                    metrics::counter!("sentinel_upstream_retries_total", "upstream" => upstream.name.clone()).increment(1);
+                    backoff(retry.backoff_ms).await;
+                    continue;
+                }
+                return Ok(finish_response(resp, &policies, request_id, client_upgrade, parts.version));
+            }
+            Err(e) => {
+                if e.is_target_failure() {
+                    upstream.record(index, Outcome::Failure);
+                }
+                if can_retry && e.retryable() && upstream.try_retry() {
+                    metrics::counter!("sentinel_upstream_retries_total", "upstream" => upstream.name.clone()).increment(1);
+                    backoff(retry.backoff_ms).await;
+                    continue;
+                }
+                return Err(e);
+            }
+        }
+    }
+}
+
+async fn backoff(ms: u64) {
+    if ms > 0 {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+}
+
+/// Decrements a target's in-flight count when the attempt ends.
+struct ActiveGuard<'a> {
+    upstream: &'a Upstream,
+    index: usize,
+}
+
+impl<'a> ActiveGuard<'a> {
+    fn new(upstream: &'a Upstream, index: usize) -> Self {
+        let state = &upstream.targets[index].state;
+        state.active.fetch_add(1, Ordering::Relaxed);
+        state.requests.fetch_add(1, Ordering::Relaxed);
+        Self { upstream, index }
+    }
+}
+
+impl Drop for ActiveGuard<'_> {
+    fn drop(&mut self) {
+        self.upstream.targets[self.index].state.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn classify_send_error(target: &str, e: &hyper_util::client::legacy::Error, max_body: u64) -> ProxyError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(s) = source {
+        if s.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+            return ProxyError::BodyTooLarge { limit: max_body };
+        }
+        source = s.source();
+    }
+    ProxyError::Upstream { target: target.to_string(), reason: error_chain(e) }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+fn finish_response(
+    mut resp: Response<Incoming>,
+    policies: &pb::RoutePolicies,
+    request_id: &HeaderValue,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    downstream_version: Version,
+) -> Response<Body> {
+    let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+    if let (true, Some(client)) = (switching, client_upgrade) {
+        let upstream_side = hyper::upgrade::on(&mut resp);
+        tokio::spawn(splice(client, upstream_side));
+    }
+    let (mut parts, incoming) = resp.into_parts();
+    // The client's protocol version, not the upstream's (an HTTP/1.0
+    // upstream must not turn the client's connection into HTTP/1.0).
+    parts.version = downstream_version;
+    if !switching {
+        strip_hop_by_hop(&mut parts.headers);
+    }
+    if let Some(rw) = &policies.response_headers {
+        rewrite(&mut parts.headers, rw);
+    }
+    parts.headers.insert(X_REQUEST_ID.clone(), request_id.clone());
+    let body = if switching { body::empty() } else { body::incoming(incoming) };
+    Response::from_parts(parts, body)
+}
+
+/// Copies bytes both ways between an upgraded client and upstream.
+async fn splice(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    let (client, upstream) = match tokio::try_join!(client, upstream) {
+        Ok(pair) => pair,
+        Err(e) => {
+            tracing::debug!(error = %e, "upgrade failed");
+            return;
+        }
+    };
+    let mut client = TokioIo::new(client);
+    let mut upstream = TokioIo::new(upstream);
+    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        tracing::debug!(error = %e, "upgraded connection ended with an error");
+    }
+}
+
+fn is_upgrade<B>(req: &Request<B>) -> bool {
+    req.headers().contains_key(header::UPGRADE)
+        && req
+            .headers()
+            .get_all(header::CONNECTION)
+            .iter()
+            .any(|v| v.to_str().is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade"))))
+}
+
+fn is_idempotent(m: &Method) -> bool {
+    matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE)
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.trim().parse().ok()
+}
+
+/// The lower-cased host the client asked for (Host header, or the HTTP/2
+/// authority).
+fn request_host<B>(req: &Request<B>) -> String {
+    let raw = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()))
+        .unwrap_or("");
+    raw.to_ascii_lowercase()
+}
+
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in listed.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+}
+
+fn upstream_headers(
+    incoming: &HeaderMap,
+    conn: &ConnInfo,
+    host: &str,
+    request_id: &HeaderValue,
+    policies: &pb::RoutePolicies,
+    upgrade: bool,
+) -> HeaderMap {
+    let mut headers = incoming.clone();
+    let upgrade_proto = headers.get(header::UPGRADE).cloned();
+    strip_hop_by_hop(&mut headers);
+    if let (true, Some(proto)) = (upgrade, upgrade_proto) {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, proto);
+    }
+    if !headers.contains_key(header::HOST) {
+        if let Ok(v) = HeaderValue::from_str(host) {
+            headers.insert(header::HOST, v);
+        }
+    }
+    let ip = conn.client.ip().to_string();
+    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prev) => format!("{prev}, {ip}"),
+        None => ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        headers.insert(X_FORWARDED_FOR.clone(), v);
+    }
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(if conn.tls { "https" } else { "http" }));
+    if !headers.contains_key(&X_FORWARDED_HOST) {
+        if let Ok(v) = HeaderValue::from_str(host) {
+            headers.insert(X_FORWARDED_HOST.clone(), v);
+        }
+    }
+    headers.insert(X_REQUEST_ID.clone(), request_id.clone());
+    if let Some(rw) = &policies.request_headers {
+        rewrite(&mut headers, rw);
+    }
+    headers
+}
+
+fn rewrite(headers: &mut HeaderMap, rw: &pb::HeaderRewrite) {
+    for name in &rw.remove {
+        headers.remove(name.as_str());
+    }
+    for h in &rw.set {
+        if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(h.name.as_bytes()), HeaderValue::from_str(&h.value)) {
+            headers.insert(n, v);
+        }
+    }
+}
+
+/// The consistent-hash key of a request, when the upstream uses one.
+fn hash_key_value(upstream: &Upstream, parts: &http::request::Parts, client_ip: &str) -> Option<Vec<u8>> {
+    let lb = upstream.resource.load_balancing.as_ref()?;
+    if lb.algorithm != pb::LoadBalancingAlgorithm::ConsistentHash as i32 {
+        return None;
+    }
+    let key = lb.hash_key.as_str();
+    if key == "client-ip" {
+        return Some(client_ip.as_bytes().to_vec());
+    }
+    if key == "path" {
+        return Some(parts.uri.path().as_bytes().to_vec());
+    }
+    if let Some(h) = key.strip_prefix("header:") {
+        return parts.headers.get(h).map(|v| v.as_bytes().to_vec());
+    }
+    let cookie = key.strip_prefix("cookie:")?;
+    parts
+        .headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|pair| {
+            let (k, v) = pair.trim().split_once('=')?;
+            (k == cookie).then(|| v.as_bytes().to_vec())
+        })
+}
+
+fn new_request_id() -> HeaderValue {
+    let id: u128 = rand::rng().random();
+    HeaderValue::from_str(&format!("{id:032x}")).unwrap_or_else(|_| HeaderValue::from_static("-"))
+}
+
+fn rate_limit_headers(headers: &mut HeaderMap, d: &Decision) {
+    let set = |headers: &mut HeaderMap, name: &'static str, v: u64| {
+        headers.insert(HeaderName::from_static(name), HeaderValue::from(v));
+    };
+    set(headers, "x-ratelimit-limit", u64::from(d.limit));
+    set(headers, "x-ratelimit-remaining", u64::from(d.remaining));
+    set(headers, "x-ratelimit-reset", d.reset_secs);
+}
+
+/// The response for a request that failed before an upstream answered.
+pub fn error_response(e: &ProxyError, request_id: &HeaderValue) -> Response<Body> {
+    let status = e.status();
+    let text = format!(
+        "{{\"status\":{},\"error\":{},\"request_id\":{}}}\n",
+        status.as_u16(),
+        serde_json::Value::String(e.to_string()),
+        serde_json::Value::String(request_id.to_str().unwrap_or("-").to_string())
+    );
+    let mut resp = Response::new(body::full(text));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(X_REQUEST_ID.clone(), request_id.clone());
+    if let ProxyError::RateLimited { retry_after_secs, .. } = e {
+        h.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+    }
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_and_connection_listed_headers_are_stripped() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, "keep-alive, x-secret".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert("x-secret", "1".parse().unwrap());
+        h.insert(header::TRANSFER_ENCODING, "chunked".parse().unwrap());
+        h.insert("x-kept", "1".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn forwarded_headers_are_added_and_appended() {
+        let conn = ConnInfo { client: "10.1.2.3:5555".parse().unwrap(), listener: Arc::from("l"), tls: true };
+        let mut incoming = HeaderMap::new();
+        incoming.insert(X_FORWARDED_FOR.clone(), "1.1.1.1".parse().unwrap());
+        incoming.insert(header::HOST, "example.com".parse().unwrap());
+        let id = HeaderValue::from_static("abc");
+        let h = upstream_headers(&incoming, &conn, "example.com", &id, &pb::RoutePolicies::default(), false);
+        assert_eq!(h[&X_FORWARDED_FOR], "1.1.1.1, 10.1.2.3");
+        assert_eq!(h[&X_FORWARDED_PROTO], "https");
+        assert_eq!(h[&X_FORWARDED_HOST], "example.com");
+        assert_eq!(h[&X_REQUEST_ID], "abc");
+    }
+
+    #[test]
+    fn request_ids_are_unique_hex() {
+        let a = new_request_id();
+        let b = new_request_id();
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 32);
+    }
+}

@@ -1,0 +1,206 @@
+//! Per-target circuit breaker: closed → open → half-open → closed.
+//!
+//! Closed: requests flow; `failure_threshold` consecutive failures open it.
+//! Open: the target is skipped for `open_ms`. Half-open: one probe request
+//! at a time is let through; `success_threshold` consecutive successes close
+//! it, any failure opens it again. State is atomics only (no lock on the
+//! request path); the thresholds come from the upstream's config so that a
+//! swap that only changes thresholds keeps the state.
+
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
+
+use sentinel_proto as pb;
+
+use crate::clock::now_ms;
+
+pub const CLOSED: u8 = 0;
+pub const OPEN: u8 = 1;
+pub const HALF_OPEN: u8 = 2;
+
+#[derive(Debug, Default)]
+pub struct Breaker {
+    state: AtomicU8,
+    failures: AtomicU32,
+    successes: AtomicU32,
+    opened_at_ms: AtomicU64,
+    probing: AtomicBool,
+    trips: AtomicU64,
+}
+
+/// What happened to the breaker's state because of an outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transition {
+    None,
+    Opened,
+    Closed,
+}
+
+impl Breaker {
+    pub fn state(&self) -> u8 {
+        self.state.load(Ordering::Acquire)
+    }
+
+    pub fn trips(&self) -> u64 {
+        self.trips.load(Ordering::Relaxed)
+    }
+
+    pub fn state_name(&self) -> &'static str {
+        match self.state() {
+            OPEN => "open",
+            HALF_OPEN => "half-open",
+            _ => "closed",
+        }
+    }
+
+    /// Whether a request could be sent now (no side effect).
+    pub fn is_available(&self, cfg: &pb::CircuitBreaker) -> bool {
+        if !cfg.enabled {
+            return true;
+        }
+        match self.state() {
+            CLOSED => true,
+            OPEN => now_ms() >= self.opened_at_ms.load(Ordering::Acquire) + cfg.open_ms,
+            _ => !self.probing.load(Ordering::Acquire),
+        }
+    }
+
+    /// Claims the right to send a request; in half-open this is the probe.
+    pub fn acquire(&self, cfg: &pb::CircuitBreaker) -> bool {
+        if !cfg.enabled {
+            return true;
+        }
+        match self.state() {
+            CLOSED => true,
+            OPEN => {
+                if now_ms() < self.opened_at_ms.load(Ordering::Acquire) + cfg.open_ms {
+                    return false;
+                }
+                if self.state.compare_exchange(OPEN, HALF_OPEN, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+                    self.successes.store(0, Ordering::Release);
+                    self.probing.store(false, Ordering::Release);
+                }
+                self.probing.compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire).is_ok()
+            }
+            _ => self.probing.compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire).is_ok(),
+        }
+    }
+
+    pub fn on_success(&self, cfg: &pb::CircuitBreaker) -> Transition {
+        if !cfg.enabled {
+            return Transition::None;
+        }
+        self.failures.store(0, Ordering::Release);
+        if self.state() != HALF_OPEN {
+            return Transition::None;
+        }
+        self.probing.store(false, Ordering::Release);
+        let n = self.successes.fetch_add(1, Ordering::AcqRel) + 1;
+        if n >= cfg.success_threshold
+            && self.state.compare_exchange(HALF_OPEN, CLOSED, Ordering::AcqRel, Ordering::Acquire).is_ok()
+        {
+            return Transition::Closed;
+        }
+        Transition::None
+    }
+
+    pub fn on_failure(&self, cfg: &pb::CircuitBreaker) -> Transition {
+        if !cfg.enabled {
+            return Transition::None;
+        }
+        match self.state() {
+            HALF_OPEN => {
+                self.probing.store(false, Ordering::Release);
+                self.open()
+            }
+            CLOSED => {
+                let n = self.failures.fetch_add(1, Ordering::AcqRel) + 1;
+                if n >= cfg.failure_threshold { self.open() } else { Transition::None }
+            }
+            _ => Transition::None,
+        }
+    }
+
+    fn open(&self) -> Transition {
+        self.opened_at_ms.store(now_ms(), Ordering::Release);
+        self.failures.store(0, Ordering::Release);
+        let prev = self.state.swap(OPEN, Ordering::AcqRel);
+        if prev == OPEN {
+            return Transition::None;
+        }
+        self.trips.fetch_add(1, Ordering::Relaxed);
+        Transition::Opened
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn cfg() -> pb::CircuitBreaker {
+        pb::CircuitBreaker { enabled: true, failure_threshold: 3, success_threshold: 2, open_ms: 1000 }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn closed_open_half_open_closed() {
+        let cfg = cfg();
+        let b = Breaker::default();
+        assert!(b.acquire(&cfg));
+        assert_eq!(b.on_failure(&cfg), Transition::None);
+        assert_eq!(b.on_failure(&cfg), Transition::None);
+        assert_eq!(b.on_failure(&cfg), Transition::Opened);
+        assert_eq!(b.state(), OPEN);
+        assert!(!b.is_available(&cfg));
+        assert!(!b.acquire(&cfg));
+
+        tokio::time::advance(Duration::from_millis(999)).await;
+        assert!(!b.acquire(&cfg), "still open before the timeout");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(b.acquire(&cfg), "first probe after the timeout");
+        assert_eq!(b.state(), HALF_OPEN);
+        assert!(!b.acquire(&cfg), "only one probe at a time");
+        assert_eq!(b.on_success(&cfg), Transition::None);
+        assert!(b.acquire(&cfg));
+        assert_eq!(b.on_success(&cfg), Transition::Closed);
+        assert_eq!(b.state(), CLOSED);
+        assert_eq!(b.trips(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failed_probe_reopens() {
+        let cfg = cfg();
+        let b = Breaker::default();
+        for _ in 0..3 {
+            b.on_failure(&cfg);
+        }
+        tokio::time::advance(Duration::from_millis(1000)).await;
+        assert!(b.acquire(&cfg));
+        assert_eq!(b.on_failure(&cfg), Transition::Opened);
+        assert_eq!(b.state(), OPEN);
+        assert!(!b.acquire(&cfg));
+        assert_eq!(b.trips(), 2);
+    }
+
+    #[test]
+    fn success_resets_the_failure_count() {
+        let cfg = cfg();
+        let b = Breaker::default();
+        b.on_failure(&cfg);
+        b.on_failure(&cfg);
+        b.on_success(&cfg);
+        b.on_failure(&cfg);
+        b.on_failure(&cfg);
+        assert_eq!(b.state(), CLOSED);
+    }
+
+    #[test]
+    fn disabled_breaker_never_opens() {
+        let cfg = pb::CircuitBreaker { enabled: false, ..cfg() };
+        let b = Breaker::default();
+        for _ in 0..10 {
+            b.on_failure(&cfg);
+        }
+        assert!(b.acquire(&cfg));
+    }
+}

@@ -1,0 +1,342 @@
+//! Upstreams: targets, selection, connection pool, retry budget, health.
+//!
+//! An [`Upstream`] is built from an `Upstream` resource plus its `Endpoints`
+//! (with `${VAR}` references resolved). Per-target dynamic state —
+//! in-flight count, health, breaker — lives in [`TargetState`], shared by
+//! address with the upstream this one replaces, so a swap never resets it.
+//! An upstream whose resources did not change is reused whole by the
+//! runtime builder, keeping its pool and its health-check task.
+
+pub mod balance;
+pub mod breaker;
+pub mod health;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use sentinel_proto as pb;
+use tokio::sync::Notify;
+
+use crate::body::Body;
+use crate::clock::now_ms;
+use crate::error::ProxyError;
+use balance::{Balancer, PickContext};
+use breaker::{Breaker, Transition};
+use health::TargetHealth;
+
+/// Dynamic state of one target; survives swaps (keyed by upstream + address).
+#[derive(Debug, Default)]
+pub struct TargetState {
+    pub active: AtomicUsize,
+    pub requests: AtomicU64,
+    pub health: TargetHealth,
+    pub breaker: Breaker,
+}
+
+#[derive(Debug)]
+pub struct Target {
+    /// Resolved `host:port`.
+    pub address: String,
+    pub weight: u32,
+    pub zone: String,
+    pub state: Arc<TargetState>,
+    /// Label values for metrics, built once.
+    labels: [(&'static str, String); 2],
+}
+
+/// Retries may add at most `budget_percent` of requests per second, but
+/// `min_retries_per_second` are always allowed.
+#[derive(Debug, Default)]
+struct RetryBudget {
+    window_start_ms: AtomicU64,
+    requests: AtomicU64,
+    retries: AtomicU64,
+}
+
+pub type UpstreamClient = Client<HttpConnector, Body>;
+
+pub struct Upstream {
+    pub name: String,
+    pub resource: pb::Upstream,
+    pub endpoints: pb::Endpoints,
+    /// (upstream version, endpoints version, resolved addresses): equal keys
+    /// mean the runtime builder may reuse this upstream as is.
+    pub key: String,
+    pub targets: Vec<Target>,
+    balancer: Balancer,
+    pub client: UpstreamClient,
+    budget: RetryBudget,
+    breaker_cfg: pb::CircuitBreaker,
+    passive_cfg: pb::PassiveHealth,
+    pub health_cfg: pb::HealthCheck,
+    pub max_connections: usize,
+    check_now: Arc<Notify>,
+    checked: Arc<Notify>,
+    checker: std::sync::OnceLock<tokio::task::AbortHandle>,
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        if let Some(task) = self.checker.get() {
+            task.abort();
+        }
+    }
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream").field("name", &self.name).field("targets", &self.targets).finish()
+    }
+}
+
+/// The outcome of one attempt, as health and breakers see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Success,
+    Failure,
+}
+
+pub fn client(resource: &pb::Upstream) -> UpstreamClient {
+    let pool = resource.connection_pool.unwrap_or_default();
+    let timeouts = resource.timeouts.unwrap_or_default();
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(Duration::from_millis(timeouts.connect_ms.max(1))));
+    connector.set_nodelay(true);
+    connector.set_keepalive(Some(Duration::from_secs(60)));
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_millis(pool.idle_timeout_ms.max(1)))
+        .pool_max_idle_per_host(pool.max_idle as usize)
+        .pool_timer(hyper_util::rt::TokioTimer::new())
+        .timer(hyper_util::rt::TokioTimer::new())
+        .build(connector)
+}
+
+impl Upstream {
+    /// Builds an upstream. `previous` supplies target state to carry over and
+    /// a pool to reuse when pool and timeouts did not change.
+    pub fn build(
+        resource: &pb::Upstream,
+        endpoints: &pb::Endpoints,
+        resolved: Vec<String>,
+        key: String,
+        previous: Option<&Upstream>,
+    ) -> Arc<Upstream> {
+        let old: HashMap<&str, &Arc<TargetState>> = previous
+            .map(|p| p.targets.iter().map(|t| (t.address.as_str(), &t.state)).collect())
+            .unwrap_or_default();
+        let targets: Vec<Target> = endpoints
+            .targets
+            .iter()
+            .zip(resolved)
+            .map(|(t, address)| Target {
+                state: old.get(address.as_str()).map(|s| Arc::clone(s)).unwrap_or_default(),
+                labels: [("upstream", resource.name.clone()), ("target", address.clone())],
+                address,
+                weight: t.weight,
+                zone: t.zone.clone(),
+            })
+            .collect();
+        let addresses: Vec<String> = targets.iter().map(|t| t.address.clone()).collect();
+        let weights: Vec<u32> = targets.iter().map(|t| t.weight).collect();
+        let lb = resource.load_balancing.clone().unwrap_or_default();
+        let same_pool = previous.is_some_and(|p| {
+            p.resource.connection_pool == resource.connection_pool && p.resource.timeouts == resource.timeouts
+        });
+        let client = match previous {
+            Some(p) if same_pool => p.client.clone(),
+            _ => client(resource),
+        };
+        let health_cfg = resource.health_check.clone().unwrap_or_default();
+        let upstream = Upstream {
+            name: resource.name.clone(),
+            resource: resource.clone(),
+            endpoints: endpoints.clone(),
+            key,
+            balancer: Balancer::new(&lb, &addresses, &weights),
+            targets,
+            client,
+            budget: RetryBudget::default(),
+            breaker_cfg: resource.circuit_breaker.unwrap_or_default(),
+            passive_cfg: resource.passive_health.unwrap_or_default(),
+            max_connections: resource.connection_pool.unwrap_or_default().max_connections as usize,
+            health_cfg,
+            check_now: Arc::new(Notify::new()),
+            checked: Arc::new(Notify::new()),
+            checker: std::sync::OnceLock::new(),
+        };
+        for t in &upstream.targets {
+            t.publish_health();
+        }
+        let upstream = Arc::new(upstream);
+        if upstream.health_cfg.enabled && !upstream.targets.is_empty() {
+            let task = tokio::spawn(check_loop(
+                Arc::downgrade(&upstream),
+                upstream.health_cfg.clone(),
+                Arc::clone(&upstream.check_now),
+                Arc::clone(&upstream.checked),
+            ));
+            let _ = upstream.checker.set(task.abort_handle());
+        }
+        upstream
+    }
+
+    /// Whether target `i` may take a request (ignoring health when `any`).
+    fn eligible(&self, i: usize, exclude: &[usize], any: bool) -> bool {
+        let t = &self.targets[i];
+        if t.weight == 0 || exclude.contains(&i) {
+            return false;
+        }
+        if self.max_connections > 0 && t.state.active.load(Ordering::Relaxed) >= self.max_connections {
+            return false;
+        }
+        any || (t.state.health.is_available() && t.state.breaker.is_available(&self.breaker_cfg))
+    }
+
+    /// Picks a target and claims it (in-flight count, breaker probe).
+    pub fn select(&self, ctx: &PickContext<'_>, exclude: &[usize]) -> Result<usize, ProxyError> {
+        let active = |i: usize| self.targets[i].state.active.load(Ordering::Relaxed);
+        for _ in 0..self.targets.len().max(1) {
+            let Some(i) = self.balancer.pick(ctx, &|i| self.eligible(i, exclude, false), &active) else {
+                break;
+            };
+            if self.targets[i].state.breaker.acquire(&self.breaker_cfg) {
+                return Ok(i);
+            }
+        }
+        // Nothing healthy. Retries still avoid targets already tried.
+        if self.resource.all_unhealthy == pb::AllUnhealthy::FailOpen as i32 {
+            let i = self.balancer.pick(ctx, &|i| self.eligible(i, exclude, true), &active);
+            if let Some(i) = i {
+                return Ok(i);
+            }
+        }
+        Err(ProxyError::NoTarget(self.name.clone()))
+    }
+
+    /// Records an attempt's outcome for passive health and the breaker.
+    pub fn record(&self, i: usize, outcome: Outcome) {
+        let t = &self.targets[i];
+        let failed = outcome == Outcome::Failure;
+        if t.state.health.record_outcome(&self.passive_cfg, failed) {
+            tracing::warn!(upstream = %self.name, target = %t.address, "target ejected by passive health");
+            metrics::counter!("sentinel_upstream_ejections_total", &t.labels).increment(1);
+        }
+        let transition = if failed {
+            t.state.breaker.on_failure(&self.breaker_cfg)
+        } else {
+            t.state.breaker.on_success(&self.breaker_cfg)
+        };
+        if transition != Transition::None {
+            if transition == Transition::Opened {
+                metrics::counter!("sentinel_circuit_breaker_trips_total", &t.labels).increment(1);
+                tracing::warn!(upstream = %self.name, target = %t.address, "circuit breaker opened");
+            } else {
+                tracing::info!(upstream = %self.name, target = %t.address, "circuit breaker closed");
+            }
+            metrics::gauge!("sentinel_circuit_breaker_state", &t.labels).set(f64::from(t.state.breaker.state()));
+        }
+    }
+
+    /// Counts a first attempt towards the retry budget's window.
+    pub fn count_request(&self) {
+        self.roll_budget();
+        self.budget.requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Claims a retry from the budget.
+    pub fn try_retry(&self) -> bool {
+        let retry = self.resource.retry.clone().unwrap_or_default();
+        self.roll_budget();
+        let requests = self.budget.requests.load(Ordering::Relaxed);
+        let allowed = (requests * u64::from(retry.budget_percent) / 100).max(u64::from(retry.min_retries_per_second));
+        let used = self.budget.retries.fetch_add(1, Ordering::Relaxed);
+        if used < allowed {
+            return true;
+        }
+        self.budget.retries.fetch_sub(1, Ordering::Relaxed);
+        false
+    }
+
+    fn roll_budget(&self) {
+        let now = now_ms();
+        let start = self.budget.window_start_ms.load(Ordering::Relaxed);
+        if now.saturating_sub(start) >= 1000
+            && self
+                .budget
+                .window_start_ms
+                .compare_exchange(start, now, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.budget.requests.store(0, Ordering::Relaxed);
+            self.budget.retries.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Runs one round of active checks now and waits for it (admin API).
+    pub async fn check_now(&self) -> bool {
+        if self.checker.get().is_none() {
+            return false;
+        }
+        let done = self.checked.notified();
+        self.check_now.notify_one();
+        tokio::time::timeout(Duration::from_millis(self.health_cfg.timeout_ms + 1000), done).await.is_ok()
+    }
+
+    pub fn breaker_config(&self) -> &pb::CircuitBreaker {
+        &self.breaker_cfg
+    }
+}
+
+impl Target {
+    pub fn labels(&self) -> &[(&'static str, String); 2] {
+        &self.labels
+    }
+
+    fn publish_health(&self) {
+        let v = if self.state.health.is_healthy() { 1.0 } else { 0.0 };
+        metrics::gauge!("sentinel_upstream_health", &self.labels).set(v);
+    }
+}
+
+/// The active health-check task of one upstream. Holds only a weak
+/// reference, so it ends when the upstream is dropped (and is aborted then).
+async fn check_loop(
+    upstream: std::sync::Weak<Upstream>,
+    cfg: pb::HealthCheck,
+    check_now: Arc<Notify>,
+    checked: Arc<Notify>,
+) {
+    let client = health::check_client(cfg.timeout_ms);
+    let interval = Duration::from_millis(cfg.interval_ms.max(100));
+    loop {
+        let Some(u) = upstream.upgrade() else { return };
+        let probes = u.targets.iter().map(|t| {
+            let client = &client;
+            let cfg = &cfg;
+            async move { (t, health::probe(client, cfg, &t.address).await) }
+        });
+        let results = futures_util::future::join_all(probes).await;
+        for (t, result) in results {
+            let error = result.as_ref().err().cloned();
+            if let Some(now_healthy) = t.state.health.record_check(&cfg, result) {
+                t.publish_health();
+                if now_healthy {
+                    tracing::info!(upstream = %u.name, target = %t.address, "target healthy again");
+                } else {
+                    tracing::warn!(upstream = %u.name, target = %t.address, error = ?error, "target unhealthy");
+                }
+            }
+        }
+        checked.notify_waiters();
+        drop(u);
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = check_now.notified() => {}
+        }
+    }
+}
