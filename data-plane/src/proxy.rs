@@ -238,10 +238,24 @@ async fn handle(
     upstream.count_request();
     let mut tried: Vec<usize> = Vec::new();
     let mut attempt = 0;
+    let mut last_error: Option<ProxyError> = None;
+    let mut last_response: Option<Response<Incoming>> = None;
     loop {
         attempt += 1;
         trace.attempts = attempt;
-        let index = upstream.select(&ctx, &tried)?;
+        let index = match upstream.select(&ctx, &tried) {
+            Ok(i) => i,
+            // A retry that finds no other target reports what the last
+            // attempt got.
+            Err(e) => {
+                if let Some(resp) = last_response.take() {
+                    return Ok(finish_response(resp, &policies, request_id, client_upgrade, parts.version));
+                }
+                return Err(last_error.take().unwrap_or(e));
+            }
+        };
+        last_error = None;
+        last_response = None;
         let target = &upstream.targets[index];
         trace.target = Some(target.address.clone());
         tried.push(index);
@@ -276,6 +290,7 @@ async fn handle(
                 if can_retry && retry.on_status.contains(&u32::from(status)) && upstream.try_retry() {
                     metrics::counter!("sentinel_upstream_retries_total", "upstream" => upstream.name.clone()).increment(1);
                     backoff(retry.backoff_ms).await;
+                    last_response = Some(resp);
                     continue;
                 }
                 return Ok(finish_response(resp, &policies, request_id, client_upgrade, parts.version));
@@ -287,6 +302,7 @@ async fn handle(
                 if can_retry && e.retryable() && upstream.try_retry() {
                     metrics::counter!("sentinel_upstream_retries_total", "upstream" => upstream.name.clone()).increment(1);
                     backoff(retry.backoff_ms).await;
+                    last_error = Some(e);
                     continue;
                 }
                 return Err(e);
