@@ -27,7 +27,10 @@ struct Admin {
 }
 
 pub fn router(proxy: Arc<Proxy>) -> Router {
-    let state = Admin { proxy, metrics: crate::telemetry::metrics() };
+    let state = Admin {
+        proxy,
+        metrics: crate::telemetry::metrics(),
+    };
     Router::new()
         .route("/health", get(|| async { (StatusCode::OK, "ok\n") }))
         .route("/ready", get(ready))
@@ -41,7 +44,10 @@ pub fn router(proxy: Arc<Proxy>) -> Router {
 }
 
 /// Binds the admin listener; returns the bound address and the serving task.
-pub async fn serve(proxy: Arc<Proxy>, addr: SocketAddr) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+pub async fn serve(
+    proxy: Arc<Proxy>,
+    addr: SocketAddr,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     let app = router(proxy);
@@ -68,19 +74,33 @@ async fn ready(State(a): State<Admin>) -> Response {
     } else {
         "listeners not bound"
     };
-    (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")).into_response()
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("not ready: {why}\n"),
+    )
+        .into_response()
 }
 
 async fn metrics(State(a): State<Admin>) -> Response {
     let enabled = a
         .proxy
         .runtime()
-        .and_then(|rt| rt.settings.observability.as_ref().and_then(|o| o.metrics.as_ref()).map(|m| m.enabled))
+        .and_then(|rt| {
+            rt.settings
+                .observability
+                .as_ref()
+                .and_then(|o| o.metrics.as_ref())
+                .map(|m| m.enabled)
+        })
         .unwrap_or(true);
     if !enabled {
         return not_found("metrics are disabled by observability.metrics.enabled");
     }
-    ([("content-type", "text/plain; version=0.0.4")], a.metrics.render()).into_response()
+    (
+        [("content-type", "text/plain; version=0.0.4")],
+        a.metrics.render(),
+    )
+        .into_response()
 }
 
 #[derive(serde::Deserialize)]
@@ -89,9 +109,15 @@ struct ConfigQuery {
 }
 
 async fn config(State(a): State<Admin>, Query(q): Query<ConfigQuery>) -> Response {
-    let Some(rt) = a.proxy.runtime() else { return not_found("no configuration applied yet") };
+    let Some(rt) = a.proxy.runtime() else {
+        return not_found("no configuration applied yet");
+    };
     if q.format.as_deref() == Some("kdl") {
-        return ([("content-type", "text/plain")], sentinel_config::print(&rt.snapshot)).into_response();
+        return (
+            [("content-type", "text/plain")],
+            sentinel_config::print(&rt.snapshot),
+        )
+            .into_response();
     }
     axum::Json(json!({
         "version": rt.version,
@@ -107,7 +133,9 @@ async fn config(State(a): State<Admin>, Query(q): Query<ConfigQuery>) -> Respons
 }
 
 async fn routes(State(a): State<Admin>) -> Response {
-    let Some(rt) = a.proxy.runtime() else { return not_found("no configuration applied yet") };
+    let Some(rt) = a.proxy.runtime() else {
+        return not_found("no configuration applied yet");
+    };
     let routes: Vec<Value> = rt
         .router
         .iter()
@@ -157,14 +185,21 @@ fn upstream_view(u: &Upstream) -> Value {
 }
 
 async fn upstreams(State(a): State<Admin>) -> Response {
-    let Some(rt) = a.proxy.runtime() else { return not_found("no configuration applied yet") };
+    let Some(rt) = a.proxy.runtime() else {
+        return not_found("no configuration applied yet");
+    };
     let mut list: Vec<&Arc<Upstream>> = rt.upstreams.values().collect();
     list.sort_by(|x, y| x.name.cmp(&y.name));
-    axum::Json(json!({ "upstreams": list.into_iter().map(|u| upstream_view(u)).collect::<Vec<_>>() })).into_response()
+    axum::Json(
+        json!({ "upstreams": list.into_iter().map(|u| upstream_view(u)).collect::<Vec<_>>() }),
+    )
+    .into_response()
 }
 
 async fn upstream_health(State(a): State<Admin>, Path(name): Path<String>) -> Response {
-    let Some(rt) = a.proxy.runtime() else { return not_found("no configuration applied yet") };
+    let Some(rt) = a.proxy.runtime() else {
+        return not_found("no configuration applied yet");
+    };
     match rt.upstreams.get(&name) {
         Some(u) => axum::Json(upstream_view(u)).into_response(),
         None => not_found(&format!("no upstream named `{name}`")),
@@ -172,8 +207,12 @@ async fn upstream_health(State(a): State<Admin>, Path(name): Path<String>) -> Re
 }
 
 async fn check(State(a): State<Admin>, Path(name): Path<String>) -> Response {
-    let Some(rt) = a.proxy.runtime() else { return not_found("no configuration applied yet") };
-    let Some(u) = rt.upstreams.get(&name) else { return not_found(&format!("no upstream named `{name}`")) };
+    let Some(rt) = a.proxy.runtime() else {
+        return not_found("no configuration applied yet");
+    };
+    let Some(u) = rt.upstreams.get(&name) else {
+        return not_found(&format!("no upstream named `{name}`"));
+    };
     if !u.check_now().await {
         return (
             StatusCode::CONFLICT,

@@ -9,7 +9,10 @@ static START: OnceLock<tokio::time::Instant> = OnceLock::new();
 /// Milliseconds since the first call in this process (never 0 after start).
 pub fn now_ms() -> u64 {
     let start = *START.get_or_init(tokio::time::Instant::now);
-    tokio::time::Instant::now().saturating_duration_since(start).as_millis() as u64 + 1
+    tokio::time::Instant::now()
+        .saturating_duration_since(start)
+        .as_millis() as u64
+        + 1
 }
 
 /// Wall-clock Unix milliseconds, for reports to operators.

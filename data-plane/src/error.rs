@@ -17,7 +17,11 @@ pub enum Source {
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
     #[error("no route matches {method} {host}{path}")]
-    NoRoute { method: String, host: String, path: String },
+    NoRoute {
+        method: String,
+        host: String,
+        path: String,
+    },
     #[error("upstream `{0}` has no available target")]
     NoTarget(String),
     #[error("connecting to {target} failed: {reason}")]
@@ -33,7 +37,11 @@ pub enum ProxyError {
     #[error("bad request: {0}")]
     BadRequest(String),
     #[error("rejected by filter `{filter}`")]
-    RateLimited { filter: String, retry_after_secs: u64, status: u16 },
+    RateLimited {
+        filter: String,
+        retry_after_secs: u64,
+        status: u16,
+    },
     #[error("filter `{filter}` failed and the route fails closed: {reason}")]
     FilterFailed { filter: String, reason: String },
     #[error("the proxy is shutting down")]
@@ -48,12 +56,12 @@ impl ProxyError {
             | ProxyError::UriTooLong { .. }
             | ProxyError::BadRequest(_)
             | ProxyError::RateLimited { .. } => Source::Downstream,
-            ProxyError::Connect { .. } | ProxyError::Timeout { .. } | ProxyError::Upstream { .. } => {
-                Source::Upstream
-            }
-            ProxyError::NoTarget(_) | ProxyError::FilterFailed { .. } | ProxyError::ShuttingDown => {
-                Source::Internal
-            }
+            ProxyError::Connect { .. }
+            | ProxyError::Timeout { .. }
+            | ProxyError::Upstream { .. } => Source::Upstream,
+            ProxyError::NoTarget(_)
+            | ProxyError::FilterFailed { .. }
+            | ProxyError::ShuttingDown => Source::Internal,
         }
     }
 
@@ -79,9 +87,9 @@ impl ProxyError {
             }
             ProxyError::Connect { .. } | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-            ProxyError::NoTarget(_) | ProxyError::FilterFailed { .. } | ProxyError::ShuttingDown => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ProxyError::NoTarget(_)
+            | ProxyError::FilterFailed { .. }
+            | ProxyError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 }
@@ -92,14 +100,27 @@ mod tests {
 
     #[test]
     fn statuses_come_from_one_place() {
-        let connect = ProxyError::Connect { target: "t".into(), reason: "refused".into() };
+        let connect = ProxyError::Connect {
+            target: "t".into(),
+            reason: "refused".into(),
+        };
         assert_eq!(connect.status(), StatusCode::BAD_GATEWAY);
         assert!(connect.retryable());
-        let timeout = ProxyError::Timeout { target: "t".into(), timeout_ms: 5 };
+        let timeout = ProxyError::Timeout {
+            target: "t".into(),
+            timeout_ms: 5,
+        };
         assert_eq!(timeout.status(), StatusCode::GATEWAY_TIMEOUT);
         assert!(!timeout.retryable());
-        assert_eq!(ProxyError::NoTarget("u".into()).status(), StatusCode::SERVICE_UNAVAILABLE);
-        let no_route = ProxyError::NoRoute { method: "GET".into(), host: "h".into(), path: "/".into() };
+        assert_eq!(
+            ProxyError::NoTarget("u".into()).status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        let no_route = ProxyError::NoRoute {
+            method: "GET".into(),
+            host: "h".into(),
+            path: "/".into(),
+        };
         assert_eq!(no_route.status(), StatusCode::NOT_FOUND);
         assert_eq!(no_route.source(), Source::Downstream);
     }

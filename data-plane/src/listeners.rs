@@ -90,7 +90,11 @@ pub struct Listeners {
 }
 
 fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
     socket.set_reuse_address(true)?;
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
@@ -104,7 +108,12 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 impl Listeners {
     pub fn new(shared: Arc<Shared>) -> Self {
         let (shutdown, _) = watch::channel(false);
-        Self { shared, running: Mutex::new(Vec::new()), connections: Arc::default(), shutdown }
+        Self {
+            shared,
+            running: Mutex::new(Vec::new()),
+            connections: Arc::default(),
+            shutdown,
+        }
     }
 
     /// Binds what `runtime` needs that is not bound yet.
@@ -112,13 +121,20 @@ impl Listeners {
         let running = self.running.lock().map_err(|_| poisoned())?;
         let mut bound = Vec::new();
         for spec in &runtime.listeners {
-            if running.iter().any(|r| r.name == spec.name && r.addr == spec.addr) {
+            if running
+                .iter()
+                .any(|r| r.name == spec.name && r.addr == spec.addr)
+            {
                 continue;
             }
             // A listener moving to an address another listener holds now
             // reuses nothing: the old one is drained only after commit.
             let listener = bind(spec.addr).map_err(|e| {
-                BuildError::new(pb::ResourceType::Listener, &spec.name, format!("cannot bind {}: {e}", spec.addr))
+                BuildError::new(
+                    pb::ResourceType::Listener,
+                    &spec.name,
+                    format!("cannot bind {}: {e}", spec.addr),
+                )
             })?;
             bound.push((spec.clone(), listener));
         }
@@ -136,7 +152,9 @@ impl Listeners {
         };
         self.connections.limit.store(total, Ordering::Release);
         self.connections.changed.notify_waiters();
-        let Ok(mut running) = self.running.lock() else { return };
+        let Ok(mut running) = self.running.lock() else {
+            return;
+        };
         running.retain(|r| {
             let keep = runtime.listeners.iter().find(|s| s.name == r.name && s.addr == r.addr);
             match keep {
@@ -163,13 +181,21 @@ impl Listeners {
                 stop_rx,
                 self.shutdown.subscribe(),
             ));
-            running.push(Running { name: spec.name.clone(), addr: spec.addr, spec: cell, stop });
+            running.push(Running {
+                name: spec.name.clone(),
+                addr: spec.addr,
+                spec: cell,
+                stop,
+            });
         }
     }
 
     /// Local addresses actually bound (port 0 resolved), by listener name.
     pub fn bound(&self) -> Vec<(String, SocketAddr)> {
-        self.running.lock().map(|r| r.iter().map(|r| (r.name.clone(), r.addr)).collect()).unwrap_or_default()
+        self.running
+            .lock()
+            .map(|r| r.iter().map(|r| (r.name.clone(), r.addr)).collect())
+            .unwrap_or_default()
     }
 
     /// Stops accepting everywhere and asks every connection to finish its
@@ -185,7 +211,11 @@ impl Listeners {
 }
 
 fn poisoned() -> BuildError {
-    BuildError::new(pb::ResourceType::Listener, "", "internal error: listener registry poisoned")
+    BuildError::new(
+        pb::ResourceType::Listener,
+        "",
+        "internal error: listener registry poisoned",
+    )
 }
 
 async fn accept_loop(
@@ -206,7 +236,8 @@ async fn accept_loop(
             let notified_global = conns.changed.notified();
             let notified_local = listener_changed.notified();
             let over_global = conns.open() >= conns.limit.load(Ordering::Acquire);
-            let over_local = local_limit > 0 && listener_open.load(Ordering::Acquire) >= local_limit;
+            let over_local =
+                local_limit > 0 && listener_open.load(Ordering::Acquire) >= local_limit;
             if !over_global && !over_local {
                 break;
             }
@@ -261,10 +292,20 @@ async fn serve_connection(
     _guard: ConnGuard,
 ) {
     let l = &spec.resource;
-    let conn = Arc::new(ConnInfo { client, listener: Arc::from(spec.name.as_str()), tls: spec.tls.is_some() });
+    let conn = Arc::new(ConnInfo {
+        client,
+        listener: Arc::from(spec.name.as_str()),
+        tls: spec.tls.is_some(),
+        stop: Some(stop.clone()),
+    });
     let header_timeout = Duration::from_millis(l.header_read_timeout_ms.max(1000));
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    let limits = shared.runtime.load().as_ref().map(|r| r.limits()).unwrap_or_default();
+    let limits = shared
+        .runtime
+        .load()
+        .as_ref()
+        .map(|r| r.limits())
+        .unwrap_or_default();
     builder
         .http1()
         .timer(TokioTimer::new())
@@ -272,26 +313,50 @@ async fn serve_connection(
         .keep_alive(true)
         .max_buf_size((limits.max_header_bytes as usize).max(8192))
         .max_headers((limits.max_headers as usize).max(1));
-    builder.http2().timer(TokioTimer::new()).max_header_list_size(limits.max_header_bytes.max(8192));
-    let service = hyper::service::service_fn(move |req| proxy::serve(Arc::clone(&shared), Arc::clone(&conn), req));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(limits.max_header_bytes.max(8192));
+    let service = hyper::service::service_fn(move |req| {
+        proxy::serve(Arc::clone(&shared), Arc::clone(&conn), req)
+    });
     match &spec.tls {
         Some(tls) => {
             let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(tls));
-            let tls_stream = match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    tracing::debug!(%client, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => return,
-            };
+            let tls_stream =
+                match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%client, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => return,
+                };
             let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
-            let builder = if h2 { builder.http2_only() } else { builder.http1_only() };
-            drive(builder.serve_connection_with_upgrades(TokioIo::new(tls_stream), service), stop, shutdown).await;
+            let builder = if h2 {
+                builder.http2_only()
+            } else {
+                builder.http1_only()
+            };
+            drive(
+                builder.serve_connection_with_upgrades(TokioIo::new(tls_stream), service),
+                stop,
+                shutdown,
+            )
+            .await;
         }
         None => {
-            let builder = if l.http2 { builder } else { builder.http1_only() };
-            drive(builder.serve_connection_with_upgrades(TokioIo::new(stream), service), stop, shutdown).await;
+            let builder = if l.http2 {
+                builder
+            } else {
+                builder.http1_only()
+            };
+            drive(
+                builder.serve_connection_with_upgrades(TokioIo::new(stream), service),
+                stop,
+                shutdown,
+            )
+            .await;
         }
     }
 }
@@ -300,7 +365,8 @@ async fn serve_connection(
 /// requests finish and closes it.
 async fn drive<C>(conn: C, mut stop: watch::Receiver<bool>, mut shutdown: watch::Receiver<bool>)
 where
-    C: std::future::Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>> + GracefulConnection,
+    C: std::future::Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>>
+        + GracefulConnection,
 {
     let mut conn = std::pin::pin!(conn);
     if *stop.borrow() || *shutdown.borrow() {
@@ -318,9 +384,19 @@ where
         _ = stop.changed() => {}
         _ = shutdown.changed() => {}
     }
+    // Closing an idle keep-alive connection races with a request the client
+    // may be sending on it right now. Keep serving a little while (responses
+    // now carry `Connection: close`, so clients move off), then close.
+    tokio::select! {
+        _ = conn.as_mut() => return,
+        _ = tokio::time::sleep(DRAIN_LINGER) => {}
+    }
     conn.as_mut().begin_graceful();
     let _ = conn.await;
 }
+
+/// How long a draining connection keeps answering before it is closed.
+const DRAIN_LINGER: Duration = Duration::from_millis(500);
 
 /// hyper-util's connections expose `graceful_shutdown` on a pinned self.
 pub trait GracefulConnection {

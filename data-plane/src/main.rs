@@ -81,7 +81,9 @@ fn main() -> ExitCode {
         };
     }
     if !flags.control_plane.is_empty() {
-        eprintln!("error: control-plane mode (--control-plane) is not built yet; run standalone with --config FILE");
+        eprintln!(
+            "error: control-plane mode (--control-plane) is not built yet; run standalone with --config FILE"
+        );
         return ExitCode::from(2);
     }
     let Some(path) = flags.config else {
@@ -95,14 +97,30 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    telemetry::init_logging(snapshot.settings.observability.as_ref().and_then(|o| o.logging.as_ref()));
+    telemetry::init_logging(
+        snapshot
+            .settings
+            .observability
+            .as_ref()
+            .and_then(|o| o.logging.as_ref()),
+    );
     let workers = std::env::var("SENTINEL_WORKERS")
         .ok()
         .and_then(|w| w.parse::<usize>().ok())
         .filter(|w| *w > 0)
-        .or_else(|| snapshot.settings.server.map(|s| s.worker_threads as usize).filter(|w| *w > 0))
+        .or_else(|| {
+            snapshot
+                .settings
+                .server
+                .map(|s| s.worker_threads as usize)
+                .filter(|w| *w > 0)
+        })
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -117,7 +135,9 @@ fn main() -> ExitCode {
             .map_err(|e| anyhow::anyhow!("cannot bind admin listener {}: {e}", flags.admin_addr))?;
         tracing::info!(%admin_addr, workers, "admin listener up");
         let version = standalone::version(&path, &snapshot);
-        proxy.apply(snapshot, version).map_err(|e| anyhow::anyhow!("cannot apply {}: {e}", path.display()))?;
+        proxy
+            .apply(snapshot, version)
+            .map_err(|e| anyhow::anyhow!("cannot apply {}: {e}", path.display()))?;
         standalone::run(proxy, path).await
     });
     match result {

@@ -49,6 +49,14 @@ pub struct ConnInfo {
     pub client: SocketAddr,
     pub listener: Arc<str>,
     pub tls: bool,
+    /// Set when its listener was removed: answer with `Connection: close`.
+    pub stop: Option<tokio::sync::watch::Receiver<bool>>,
+}
+
+impl ConnInfo {
+    fn draining(&self) -> bool {
+        self.stop.as_ref().is_some_and(|s| *s.borrow())
+    }
 }
 
 /// Largest request body buffered so that an idempotent request can be
@@ -103,12 +111,17 @@ pub async fn serve(
     if let Some(d) = trace.limits {
         rate_limit_headers(resp.headers_mut(), &d);
     }
+    if shared.shutting_down.load(Ordering::Relaxed) || conn.draining() {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     let elapsed = started.elapsed();
     let status = resp.status();
     let route_label = trace.route.as_deref().unwrap_or("").to_string();
     metrics::counter!("sentinel_requests_total", "route" => route_label.clone(), "status" => status.as_u16().to_string())
         .increment(1);
-    metrics::histogram!("sentinel_request_duration_seconds", "route" => route_label).record(elapsed.as_secs_f64());
+    metrics::histogram!("sentinel_request_duration_seconds", "route" => route_label)
+        .record(elapsed.as_secs_f64());
     if rt.access_log() {
         tracing::info!(
             target: "sentinel::access",
@@ -140,7 +153,9 @@ async fn handle(
     let limits = rt.limits();
     let uri_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
     if limits.max_uri_bytes > 0 && uri_len > limits.max_uri_bytes as usize {
-        return Err(ProxyError::UriTooLong { limit: limits.max_uri_bytes });
+        return Err(ProxyError::UriTooLong {
+            limit: limits.max_uri_bytes,
+        });
     }
     let host = request_host(&req);
 
@@ -169,22 +184,40 @@ async fn handle(
     };
     trace.route = Some(Arc::clone(&route.name));
     let policies = route.resource.policies.clone().unwrap_or_default();
-    let max_body = if policies.max_body_bytes > 0 { policies.max_body_bytes } else { limits.max_body_bytes };
+    let max_body = if policies.max_body_bytes > 0 {
+        policies.max_body_bytes
+    } else {
+        limits.max_body_bytes
+    };
     let declared_len = content_length(req.headers());
-    if let Some(len) = declared_len {
-        if max_body > 0 && len > max_body {
-            return Err(ProxyError::BodyTooLarge { limit: max_body });
-        }
+    if let Some(len) = declared_len
+        && max_body > 0
+        && len > max_body
+    {
+        return Err(ProxyError::BodyTooLarge { limit: max_body });
     }
 
     // --- filters
     let client_ip = conn.client.ip();
     let client_ip_text = client_ip.to_string();
     for name in &route.resource.filters {
-        let Some(limiter) = rt.limiters.get(name) else { continue };
-        let key = ratelimit::key_for(&limiter.cfg, &client_ip_text, req.uri().path(), req.headers());
+        let Some(limiter) = rt.limiters.get(name) else {
+            continue;
+        };
+        let key = ratelimit::key_for(
+            &limiter.cfg,
+            &client_ip_text,
+            req.uri().path(),
+            req.headers(),
+        );
         let d = limiter.check(&key);
-        let decision = if d.allowed { "allowed" } else if limiter.enforces() { "rejected" } else { "logged" };
+        let decision = if d.allowed {
+            "allowed"
+        } else if limiter.enforces() {
+            "rejected"
+        } else {
+            "logged"
+        };
         metrics::counter!("sentinel_rate_limit_decisions_total", "filter" => name.clone(), "decision" => decision)
             .increment(1);
         trace.limits = Some(d);
@@ -208,21 +241,37 @@ async fn handle(
     let (parts, incoming) = req.into_parts();
     let headers = upstream_headers(&parts.headers, conn, &host, request_id, &policies, upgrade);
     let hash_key = hash_key_value(upstream, &parts, &client_ip_text);
-    let ctx = PickContext { client_ip, hash_key: hash_key.as_deref() };
-    let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str()).to_string();
+    let ctx = PickContext {
+        client_ip,
+        hash_key: hash_key.as_deref(),
+    };
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |pq| pq.as_str())
+        .to_string();
     let timeouts = upstream.resource.timeouts.unwrap_or_default();
-    let request_ms = if policies.timeout_ms > 0 { policies.timeout_ms } else { timeouts.request_ms };
+    let request_ms = if policies.timeout_ms > 0 {
+        policies.timeout_ms
+    } else {
+        timeouts.request_ms
+    };
     let head_timeout = Duration::from_millis(request_ms.min(timeouts.read_ms).max(1));
     let retry = upstream.resource.retry.clone().unwrap_or_default();
 
-    let has_body = declared_len.is_some_and(|l| l > 0) || parts.headers.contains_key(header::TRANSFER_ENCODING);
+    let has_body = declared_len.is_some_and(|l| l > 0)
+        || parts.headers.contains_key(header::TRANSFER_ENCODING);
     let idempotent = is_idempotent(&parts.method) && !upgrade;
-    let replayable = idempotent && retry.attempts > 1 && declared_len.is_none_or(|l| l <= REPLAYABLE_BODY_BYTES);
+    let replayable =
+        idempotent && retry.attempts > 1 && declared_len.is_none_or(|l| l <= REPLAYABLE_BODY_BYTES);
     let mut body_once = None;
     let buffered: Option<Bytes> = if !has_body {
         Some(Bytes::new())
     } else if replayable && declared_len.is_some() {
-        let collected = incoming.collect().await.map_err(|e| ProxyError::BadRequest(format!("reading body: {e}")))?;
+        let collected = incoming
+            .collect()
+            .await
+            .map_err(|e| ProxyError::BadRequest(format!("reading body: {e}")))?;
         Some(collected.to_bytes())
     } else {
         let body = body::incoming(incoming);
@@ -233,7 +282,11 @@ async fn handle(
         });
         None
     };
-    let attempts = if buffered.is_some() && idempotent { retry.attempts.max(1) } else { 1 };
+    let attempts = if buffered.is_some() && idempotent {
+        retry.attempts.max(1)
+    } else {
+        1
+    };
 
     upstream.count_request();
     let mut tried: Vec<usize> = Vec::new();
@@ -249,7 +302,13 @@ async fn handle(
             // attempt got.
             Err(e) => {
                 if let Some(resp) = last_response.take() {
-                    return Ok(finish_response(resp, &policies, request_id, client_upgrade, parts.version));
+                    return Ok(finish_response(
+                        resp,
+                        &policies,
+                        request_id,
+                        client_upgrade,
+                        parts.version,
+                    ));
                 }
                 return Err(last_error.take().unwrap_or(e));
             }
@@ -276,8 +335,14 @@ async fn handle(
         let result = tokio::time::timeout(head_timeout, upstream.client.request(out)).await;
         drop(guard);
         let result = match result {
-            Err(_) => Err(ProxyError::Timeout { target: target.address.clone(), timeout_ms: head_timeout.as_millis() as u64 }),
-            Ok(Err(e)) if e.is_connect() => Err(ProxyError::Connect { target: target.address.clone(), reason: error_chain(&e) }),
+            Err(_) => Err(ProxyError::Timeout {
+                target: target.address.clone(),
+                timeout_ms: head_timeout.as_millis() as u64,
+            }),
+            Ok(Err(e)) if e.is_connect() => Err(ProxyError::Connect {
+                target: target.address.clone(),
+                reason: error_chain(&e),
+            }),
             Ok(Err(e)) => Err(classify_send_error(&target.address, &e, max_body)),
             Ok(Ok(resp)) => Ok(resp),
         };
@@ -286,14 +351,28 @@ async fn handle(
             Ok(resp) => {
                 let status = resp.status().as_u16();
                 let failed = status >= 500;
-                upstream.record(index, if failed { Outcome::Failure } else { Outcome::Success });
-                if can_retry && retry.on_status.contains(&u32::from(status)) && upstream.try_retry() {
+                upstream.record(
+                    index,
+                    if failed {
+                        Outcome::Failure
+                    } else {
+                        Outcome::Success
+                    },
+                );
+                if can_retry && retry.on_status.contains(&u32::from(status)) && upstream.try_retry()
+                {
                     metrics::counter!("sentinel_upstream_retries_total", "upstream" => upstream.name.clone()).increment(1);
                     backoff(retry.backoff_ms).await;
                     last_response = Some(resp);
                     continue;
                 }
-                return Ok(finish_response(resp, &policies, request_id, client_upgrade, parts.version));
+                return Ok(finish_response(
+                    resp,
+                    &policies,
+                    request_id,
+                    client_upgrade,
+                    parts.version,
+                ));
             }
             Err(e) => {
                 if e.is_target_failure() {
@@ -334,19 +413,31 @@ impl<'a> ActiveGuard<'a> {
 
 impl Drop for ActiveGuard<'_> {
     fn drop(&mut self) {
-        self.upstream.targets[self.index].state.active.fetch_sub(1, Ordering::Relaxed);
+        self.upstream.targets[self.index]
+            .state
+            .active
+            .fetch_sub(1, Ordering::Relaxed);
     }
 }
 
-fn classify_send_error(target: &str, e: &hyper_util::client::legacy::Error, max_body: u64) -> ProxyError {
+fn classify_send_error(
+    target: &str,
+    e: &hyper_util::client::legacy::Error,
+    max_body: u64,
+) -> ProxyError {
     let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
     while let Some(s) = source {
-        if s.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+        if s.downcast_ref::<http_body_util::LengthLimitError>()
+            .is_some()
+        {
             return ProxyError::BodyTooLarge { limit: max_body };
         }
         source = s.source();
     }
-    ProxyError::Upstream { target: target.to_string(), reason: error_chain(e) }
+    ProxyError::Upstream {
+        target: target.to_string(),
+        reason: error_chain(e),
+    }
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -382,8 +473,14 @@ fn finish_response(
     if let Some(rw) = &policies.response_headers {
         rewrite(&mut parts.headers, rw);
     }
-    parts.headers.insert(X_REQUEST_ID.clone(), request_id.clone());
-    let body = if switching { body::empty() } else { body::incoming(incoming) };
+    parts
+        .headers
+        .insert(X_REQUEST_ID.clone(), request_id.clone());
+    let body = if switching {
+        body::empty()
+    } else {
+        body::incoming(incoming)
+    };
     Response::from_parts(parts, body)
 }
 
@@ -405,19 +502,29 @@ async fn splice(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnU
 
 fn is_upgrade<B>(req: &Request<B>) -> bool {
     req.headers().contains_key(header::UPGRADE)
-        && req
-            .headers()
-            .get_all(header::CONNECTION)
-            .iter()
-            .any(|v| v.to_str().is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade"))))
+        && req.headers().get_all(header::CONNECTION).iter().any(|v| {
+            v.to_str().is_ok_and(|s| {
+                s.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
+        })
 }
 
 fn is_idempotent(m: &Method) -> bool {
-    matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE)
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
 }
 
 fn content_length(headers: &HeaderMap) -> Option<u64> {
-    headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.trim().parse().ok()
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// The lower-cased host the client asked for (Host header, or the HTTP/2
@@ -470,10 +577,10 @@ fn upstream_headers(
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, proto);
     }
-    if !headers.contains_key(header::HOST) {
-        if let Ok(v) = HeaderValue::from_str(host) {
-            headers.insert(header::HOST, v);
-        }
+    if !headers.contains_key(header::HOST)
+        && let Ok(v) = HeaderValue::from_str(host)
+    {
+        headers.insert(header::HOST, v);
     }
     let ip = conn.client.ip().to_string();
     let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
@@ -483,11 +590,14 @@ fn upstream_headers(
     if let Ok(v) = HeaderValue::from_str(&xff) {
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
-    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(if conn.tls { "https" } else { "http" }));
-    if !headers.contains_key(&X_FORWARDED_HOST) {
-        if let Ok(v) = HeaderValue::from_str(host) {
-            headers.insert(X_FORWARDED_HOST.clone(), v);
-        }
+    headers.insert(
+        X_FORWARDED_PROTO.clone(),
+        HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
+    );
+    if !headers.contains_key(&X_FORWARDED_HOST)
+        && let Ok(v) = HeaderValue::from_str(host)
+    {
+        headers.insert(X_FORWARDED_HOST.clone(), v);
     }
     headers.insert(X_REQUEST_ID.clone(), request_id.clone());
     if let Some(rw) = &policies.request_headers {
@@ -501,14 +611,21 @@ fn rewrite(headers: &mut HeaderMap, rw: &pb::HeaderRewrite) {
         headers.remove(name.as_str());
     }
     for h in &rw.set {
-        if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(h.name.as_bytes()), HeaderValue::from_str(&h.value)) {
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(h.name.as_bytes()),
+            HeaderValue::from_str(&h.value),
+        ) {
             headers.insert(n, v);
         }
     }
 }
 
 /// The consistent-hash key of a request, when the upstream uses one.
-fn hash_key_value(upstream: &Upstream, parts: &http::request::Parts, client_ip: &str) -> Option<Vec<u8>> {
+fn hash_key_value(
+    upstream: &Upstream,
+    parts: &http::request::Parts,
+    client_ip: &str,
+) -> Option<Vec<u8>> {
     let lb = upstream.resource.load_balancing.as_ref()?;
     if lb.algorithm != pb::LoadBalancingAlgorithm::ConsistentHash as i32 {
         return None;
@@ -562,9 +679,15 @@ pub fn error_response(e: &ProxyError, request_id: &HeaderValue) -> Response<Body
     let mut resp = Response::new(body::full(text));
     *resp.status_mut() = status;
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     h.insert(X_REQUEST_ID.clone(), request_id.clone());
-    if let ProxyError::RateLimited { retry_after_secs, .. } = e {
+    if let ProxyError::RateLimited {
+        retry_after_secs, ..
+    } = e
+    {
         h.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
     }
     resp
@@ -589,12 +712,24 @@ mod tests {
 
     #[test]
     fn forwarded_headers_are_added_and_appended() {
-        let conn = ConnInfo { client: "10.1.2.3:5555".parse().unwrap(), listener: Arc::from("l"), tls: true };
+        let conn = ConnInfo {
+            client: "10.1.2.3:5555".parse().unwrap(),
+            listener: Arc::from("l"),
+            tls: true,
+            stop: None,
+        };
         let mut incoming = HeaderMap::new();
         incoming.insert(X_FORWARDED_FOR.clone(), "1.1.1.1".parse().unwrap());
         incoming.insert(header::HOST, "example.com".parse().unwrap());
         let id = HeaderValue::from_static("abc");
-        let h = upstream_headers(&incoming, &conn, "example.com", &id, &pb::RoutePolicies::default(), false);
+        let h = upstream_headers(
+            &incoming,
+            &conn,
+            "example.com",
+            &id,
+            &pb::RoutePolicies::default(),
+            false,
+        );
         assert_eq!(h[&X_FORWARDED_FOR], "1.1.1.1, 10.1.2.3");
         assert_eq!(h[&X_FORWARDED_PROTO], "https");
         assert_eq!(h[&X_FORWARDED_HOST], "example.com");

@@ -68,7 +68,13 @@ impl RateLimiter {
         let Ok(mut map) = shard.lock() else {
             // A poisoned shard only means another thread panicked mid-update;
             // admit rather than fail every request for these keys.
-            return Decision { allowed: true, limit: self.cfg.burst, remaining: 0, reset_secs: 0, retry_after_secs: 0 };
+            return Decision {
+                allowed: true,
+                limit: self.cfg.burst,
+                remaining: 0,
+                reset_secs: 0,
+                retry_after_secs: 0,
+            };
         };
         if map.len() >= MAX_KEYS_PER_SHARD && !map.contains_key(key) {
             let full_after_ms = (capacity / rate * 1000.0) as u64;
@@ -77,13 +83,17 @@ impl RateLimiter {
                 map.clear();
             }
         }
-        let bucket = map.entry(key.to_string()).or_insert(Bucket { tokens: capacity, last_ms: now });
+        let bucket = map.entry(key.to_string()).or_insert(Bucket {
+            tokens: capacity,
+            last_ms: now,
+        });
         let elapsed = now.saturating_sub(bucket.last_ms) as f64 / 1000.0;
         bucket.tokens = (bucket.tokens + elapsed * rate).min(capacity);
         bucket.last_ms = now;
-        let allowed = bucket.tokens >= 1.0;
+        // Refills add up in small fractions; allow for float rounding.
+        let allowed = bucket.tokens >= 1.0 - 1e-9;
         if allowed {
-            bucket.tokens -= 1.0;
+            bucket.tokens = (bucket.tokens - 1.0).max(0.0);
         }
         let tokens = bucket.tokens;
         Decision {
@@ -91,22 +101,34 @@ impl RateLimiter {
             limit: self.cfg.burst,
             remaining: tokens.floor().max(0.0) as u32,
             reset_secs: ((capacity - tokens) / rate).ceil() as u64,
-            retry_after_secs: if allowed { 0 } else { ((1.0 - tokens) / rate).ceil().max(1.0) as u64 },
+            retry_after_secs: if allowed {
+                0
+            } else {
+                ((1.0 - tokens) / rate).ceil().max(1.0) as u64
+            },
         }
     }
 }
 
 /// Builds the bucket key for a request from the filter's key parts.
-pub fn key_for(cfg: &pb::RateLimit, client_ip: &str, path: &str, headers: &http::HeaderMap) -> String {
+pub fn key_for(
+    cfg: &pb::RateLimit,
+    client_ip: &str,
+    path: &str,
+    headers: &http::HeaderMap,
+) -> String {
     let mut key = String::with_capacity(64);
     for (i, part) in cfg.key.iter().enumerate() {
         if i > 0 {
             key.push('|');
         }
         match pb::RateLimitKeyKind::try_from(part.kind) {
-            Ok(pb::RateLimitKeyKind::Header) => {
-                key.push_str(headers.get(part.header.as_str()).and_then(|v| v.to_str().ok()).unwrap_or("-"))
-            }
+            Ok(pb::RateLimitKeyKind::Header) => key.push_str(
+                headers
+                    .get(part.header.as_str())
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("-"),
+            ),
             Ok(pb::RateLimitKeyKind::Path) => key.push_str(path),
             _ => key.push_str(client_ip),
         }
@@ -121,7 +143,14 @@ mod tests {
     use super::*;
 
     fn limiter(rps: f64, burst: u32) -> RateLimiter {
-        RateLimiter::new("t", &pb::RateLimit { max_rps: rps, burst, ..Default::default() })
+        RateLimiter::new(
+            "t",
+            &pb::RateLimit {
+                max_rps: rps,
+                burst,
+                ..Default::default()
+            },
+        )
     }
 
     #[tokio::test(start_paused = true)]
@@ -161,16 +190,28 @@ mod tests {
     fn keys_combine_parts() {
         let cfg = pb::RateLimit {
             key: vec![
-                pb::RateLimitKeyPart { kind: pb::RateLimitKeyKind::Header as i32, header: "x-api-key".into() },
-                pb::RateLimitKeyPart { kind: pb::RateLimitKeyKind::ClientIp as i32, header: String::new() },
-                pb::RateLimitKeyPart { kind: pb::RateLimitKeyKind::Path as i32, header: String::new() },
+                pb::RateLimitKeyPart {
+                    kind: pb::RateLimitKeyKind::Header as i32,
+                    header: "x-api-key".into(),
+                },
+                pb::RateLimitKeyPart {
+                    kind: pb::RateLimitKeyKind::ClientIp as i32,
+                    header: String::new(),
+                },
+                pb::RateLimitKeyPart {
+                    kind: pb::RateLimitKeyKind::Path as i32,
+                    header: String::new(),
+                },
             ],
             ..Default::default()
         };
         let mut headers = http::HeaderMap::new();
         headers.insert("x-api-key", "abc".parse().unwrap());
         assert_eq!(key_for(&cfg, "1.2.3.4", "/p", &headers), "abc|1.2.3.4|/p");
-        assert_eq!(key_for(&cfg, "1.2.3.4", "/p", &http::HeaderMap::new()), "-|1.2.3.4|/p");
+        assert_eq!(
+            key_for(&cfg, "1.2.3.4", "/p", &http::HeaderMap::new()),
+            "-|1.2.3.4|/p"
+        );
     }
 
     #[test]

@@ -57,12 +57,21 @@ pub struct RouteError {
 
 impl RouteEntry {
     pub fn new(route: &pb::Route) -> Result<Self, RouteError> {
-        let err = |reason: String| RouteError { route: route.name.clone(), reason };
+        let err = |reason: String| RouteError {
+            route: route.name.clone(),
+            reason,
+        };
         let m = route.r#match.clone().unwrap_or_default();
         let (path, path_score) = if !m.path_exact.is_empty() {
-            (PathMatch::Exact(m.path_exact.clone()), 3_000_000 + m.path_exact.len() as u32)
+            (
+                PathMatch::Exact(m.path_exact.clone()),
+                3_000_000 + m.path_exact.len() as u32,
+            )
         } else if !m.path_prefix.is_empty() {
-            (PathMatch::Prefix(m.path_prefix.clone()), 2_000_000 + m.path_prefix.len() as u32)
+            (
+                PathMatch::Prefix(m.path_prefix.clone()),
+                2_000_000 + m.path_prefix.len() as u32,
+            )
         } else if !m.path_regex.is_empty() {
             let re = Regex::new(&m.path_regex).map_err(|e| err(format!("invalid regex: {e}")))?;
             (PathMatch::Regex(re), 1_000_000 + m.path_regex.len() as u32)
@@ -90,7 +99,9 @@ impl RouteEntry {
         let methods = m
             .methods
             .iter()
-            .map(|v| Method::from_bytes(v.as_bytes()).map_err(|_| err(format!("invalid method `{v}`"))))
+            .map(|v| {
+                Method::from_bytes(v.as_bytes()).map_err(|_| err(format!("invalid method `{v}`")))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let headers = m
             .headers
@@ -114,7 +125,8 @@ impl RouteEntry {
             .iter()
             .map(|q| (q.name.clone(), (!q.present_only).then(|| q.value.clone())))
             .collect::<Vec<_>>();
-        let others = u32::from(!methods.is_empty()) * 100 + (headers.len() + query.len()) as u32 * 10;
+        let others =
+            u32::from(!methods.is_empty()) * 100 + (headers.len() + query.len()) as u32 * 10;
         Ok(Self {
             name: Arc::from(route.name.as_str()),
             resource: route.clone(),
@@ -192,9 +204,18 @@ pub fn strip_port(host: &str) -> &str {
 
 impl Router {
     pub fn new(routes: &[pb::Route]) -> Result<Self, RouteError> {
-        let mut entries = routes.iter().map(RouteEntry::new).collect::<Result<Vec<_>, _>>()?;
-        entries.sort_by(|a, b| b.precedence.cmp(&a.precedence).then_with(|| a.name.cmp(&b.name)));
-        Ok(Self { routes: entries.into_iter().map(Arc::new).collect() })
+        let mut entries = routes
+            .iter()
+            .map(RouteEntry::new)
+            .collect::<Result<Vec<_>, _>>()?;
+        entries.sort_by(|a, b| {
+            b.precedence
+                .cmp(&a.precedence)
+                .then_with(|| a.name.cmp(&b.name))
+        });
+        Ok(Self {
+            routes: entries.into_iter().map(Arc::new).collect(),
+        })
     }
 
     /// The route for a request; `host` is the lower-cased Host / authority.
@@ -217,13 +238,20 @@ mod tests {
     use super::*;
 
     fn router(doc: &str) -> Router {
-        let full = format!("upstreams {{ upstream \"u\" {{ target \"127.0.0.1:1\"; }} }}\nroutes {{\n{doc}\n}}");
+        let full = format!(
+            "upstreams {{ upstream \"u\" {{ target \"127.0.0.1:1\"; }} }}\nroutes {{\n{doc}\n}}"
+        );
         let snapshot = sentinel_config::compile("t.kdl", &full).unwrap_or_else(|d| panic!("{d}"));
         Router::new(&snapshot.routes).unwrap()
     }
 
     fn pick(r: &Router, method: &str, uri: &str, host: &str) -> Option<String> {
-        let req = Request::builder().method(method).uri(uri).header("host", host).body(()).unwrap();
+        let req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("host", host)
+            .body(())
+            .unwrap();
         r.route(&req, host).map(|e| e.name.to_string())
     }
 
@@ -231,39 +259,62 @@ mod tests {
     fn priority_beats_specificity_and_specificity_beats_name() {
         let r = router(
             r#"
-            route "a-broad" { matches { path-prefix "/"; } upstream "u"; }
-            route "b-api" { matches { path-prefix "/api/"; } upstream "u"; }
-            route "c-exact" { matches { path "/api/users"; } upstream "u"; }
-            route "d-regex" { matches { path-regex "^/api/[0-9]+$"; } upstream "u"; }
-            route "e-urgent" { priority "critical"; matches { path-prefix "/api/admin"; } upstream "u"; }
+            route "a-broad" { matches { path-prefix "/"; }; upstream "u"; }
+            route "b-api" { matches { path-prefix "/api/"; }; upstream "u"; }
+            route "c-exact" { matches { path "/api/users"; }; upstream "u"; }
+            route "d-regex" { matches { path-regex "^/api/[0-9]+$"; }; upstream "u"; }
+            route "e-urgent" { priority "critical"; matches { path-prefix "/api/admin"; }; upstream "u"; }
             "#,
         );
         assert_eq!(pick(&r, "GET", "/other", "h").as_deref(), Some("a-broad"));
         assert_eq!(pick(&r, "GET", "/api/x", "h").as_deref(), Some("b-api"));
-        assert_eq!(pick(&r, "GET", "/api/users", "h").as_deref(), Some("c-exact"));
+        assert_eq!(
+            pick(&r, "GET", "/api/users", "h").as_deref(),
+            Some("c-exact")
+        );
         // The prefix `/api/` is more specific than the regex.
         assert_eq!(pick(&r, "GET", "/api/42", "h").as_deref(), Some("b-api"));
-        assert_eq!(pick(&r, "GET", "/api/admin/x", "h").as_deref(), Some("e-urgent"));
+        assert_eq!(
+            pick(&r, "GET", "/api/admin/x", "h").as_deref(),
+            Some("e-urgent")
+        );
     }
 
     #[test]
     fn host_method_header_and_query_conditions() {
         let r = router(
             r#"
-            route "wild" { matches { host "*.example.com"; } upstream "u"; }
-            route "exact" { matches { host "api.example.com"; } upstream "u"; }
-            route "post" { matches { path-prefix "/p"; method "POST"; } upstream "u"; }
-            route "canary" { matches { path-prefix "/c"; header "X-Canary" "1"; query "debug"; } upstream "u"; }
+            route "wild" { matches { host "*.example.com"; }; upstream "u"; }
+            route "exact" { matches { host "api.example.com"; }; upstream "u"; }
+            route "post" { matches { path-prefix "/p"; method "POST"; }; upstream "u"; }
+            route "canary" { matches { path-prefix "/c"; header "X-Canary" "1"; query "debug"; }; upstream "u"; }
             "#,
         );
-        assert_eq!(pick(&r, "GET", "/", "api.example.com:8080").as_deref(), Some("exact"));
-        assert_eq!(pick(&r, "GET", "/", "www.example.com").as_deref(), Some("wild"));
+        assert_eq!(
+            pick(&r, "GET", "/", "api.example.com:8080").as_deref(),
+            Some("exact")
+        );
+        assert_eq!(
+            pick(&r, "GET", "/", "www.example.com").as_deref(),
+            Some("wild")
+        );
         assert_eq!(pick(&r, "GET", "/", "example.com"), None);
         assert_eq!(pick(&r, "POST", "/p", "x").as_deref(), Some("post"));
         assert_eq!(pick(&r, "GET", "/p", "x"), None);
-        let req = Request::builder().uri("/c?debug&x=1").header("x-canary", "1").body(()).unwrap();
-        assert_eq!(r.route(&req, "x").map(|e| e.name.to_string()).as_deref(), Some("canary"));
-        let req = Request::builder().uri("/c?x=1").header("x-canary", "1").body(()).unwrap();
+        let req = Request::builder()
+            .uri("/c?debug&x=1")
+            .header("x-canary", "1")
+            .body(())
+            .unwrap();
+        assert_eq!(
+            r.route(&req, "x").map(|e| e.name.to_string()).as_deref(),
+            Some("canary")
+        );
+        let req = Request::builder()
+            .uri("/c?x=1")
+            .header("x-canary", "1")
+            .body(())
+            .unwrap();
         assert!(r.route(&req, "x").is_none());
     }
 }

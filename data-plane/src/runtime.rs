@@ -49,7 +49,10 @@ pub struct ListenerSpec {
 
 impl std::fmt::Debug for ListenerSpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ListenerSpec").field("name", &self.name).field("addr", &self.addr).finish()
+        f.debug_struct("ListenerSpec")
+            .field("name", &self.name)
+            .field("addr", &self.addr)
+            .finish()
     }
 }
 
@@ -63,7 +66,13 @@ pub struct BuildError {
 
 impl BuildError {
     pub fn new(kind: pb::ResourceType, name: &str, message: impl Into<String>) -> Self {
-        Self { resource: pb::ResourceRef { r#type: kind as i32, name: name.to_string() }, message: message.into() }
+        Self {
+            resource: pb::ResourceRef {
+                r#type: kind as i32,
+                name: name.to_string(),
+            },
+            message: message.into(),
+        }
     }
 }
 
@@ -93,10 +102,15 @@ impl Runtime {
         env_lookup: Env<'_>,
     ) -> Result<Runtime, BuildError> {
         use pb::ResourceType as T;
-        snapshot.check_references().map_err(|e| match e.resource() {
-            Some(r) => BuildError { resource: r.clone(), message: e.to_string() },
-            None => BuildError::new(T::Settings, pb::SETTINGS_NAME, e.to_string()),
-        })?;
+        snapshot
+            .check_references()
+            .map_err(|e| match e.resource() {
+                Some(r) => BuildError {
+                    resource: r.clone(),
+                    message: e.to_string(),
+                },
+                None => BuildError::new(T::Settings, pb::SETTINGS_NAME, e.to_string()),
+            })?;
         let resources = snapshot.resources();
         let version_of = |kind: T, name: &str| {
             resources
@@ -107,7 +121,11 @@ impl Runtime {
         };
 
         let settings = snapshot.settings;
-        let tracing_on = settings.observability.as_ref().and_then(|o| o.tracing.as_ref()).is_some_and(|t| t.enabled);
+        let tracing_on = settings
+            .observability
+            .as_ref()
+            .and_then(|o| o.tracing.as_ref())
+            .is_some_and(|t| t.enabled);
         if tracing_on {
             return Err(BuildError::new(
                 T::Settings,
@@ -116,23 +134,34 @@ impl Runtime {
             ));
         }
         if let Some(agent) = snapshot.agents.first() {
-            return Err(BuildError::new(T::Agent, &agent.name, "agents are not supported by this proxy yet"));
+            return Err(BuildError::new(
+                T::Agent,
+                &agent.name,
+                "agents are not supported by this proxy yet",
+            ));
         }
 
         let mut listeners = Vec::new();
         for l in &snapshot.listeners {
             let fail = |m: String| BuildError::new(T::Listener, &l.name, m);
             let address = resolve(env_lookup, &l.address).map_err(fail)?;
-            let addr: SocketAddr = address
-                .parse()
-                .map_err(|_| fail(format!("address `{address}` is not an IP:port this proxy can bind")))?;
+            let addr: SocketAddr = address.parse().map_err(|_| {
+                fail(format!(
+                    "address `{address}` is not an IP:port this proxy can bind"
+                ))
+            })?;
             let tls = match (&l.tls, l.protocol == pb::ListenerProtocol::Https as i32) {
-                (Some(t), true) => {
-                    Some(Arc::new(crate::tls::server_config(t, &|s| resolve(env_lookup, s)).map_err(fail)?))
-                }
+                (Some(t), true) => Some(Arc::new(
+                    crate::tls::server_config(t, &|s| resolve(env_lookup, s)).map_err(fail)?,
+                )),
                 _ => None,
             };
-            listeners.push(ListenerSpec { name: l.name.clone(), addr, resource: l.clone(), tls });
+            listeners.push(ListenerSpec {
+                name: l.name.clone(),
+                addr,
+                resource: l.clone(),
+                tls,
+            });
         }
         for (i, a) in listeners.iter().enumerate() {
             if let Some(b) = listeners[..i].iter().find(|b| b.addr == a.addr) {
@@ -144,18 +173,30 @@ impl Runtime {
             }
         }
 
-        let router = Router::new(&snapshot.routes).map_err(|e| BuildError::new(T::Route, &e.route, e.reason))?;
+        let router = Router::new(&snapshot.routes)
+            .map_err(|e| BuildError::new(T::Route, &e.route, e.reason))?;
 
         let mut upstreams = HashMap::new();
         for u in &snapshot.upstreams {
-            let endpoints = snapshot.endpoints.iter().find(|e| e.upstream == u.name).cloned().unwrap_or_default();
+            let endpoints = snapshot
+                .endpoints
+                .iter()
+                .find(|e| e.upstream == u.name)
+                .cloned()
+                .unwrap_or_default();
             let mut resolved = Vec::with_capacity(endpoints.targets.len());
             for t in &endpoints.targets {
-                let a = resolve(env_lookup, &t.address)
-                    .map_err(|m| BuildError::new(T::Endpoints, &u.name, format!("target {}: {m}", t.address)))?;
+                let a = resolve(env_lookup, &t.address).map_err(|m| {
+                    BuildError::new(T::Endpoints, &u.name, format!("target {}: {m}", t.address))
+                })?;
                 resolved.push(a);
             }
-            let key = format!("{}/{}/{}", version_of(T::Upstream, &u.name), version_of(T::Endpoints, &u.name), resolved.join(","));
+            let key = format!(
+                "{}/{}/{}",
+                version_of(T::Upstream, &u.name),
+                version_of(T::Endpoints, &u.name),
+                resolved.join(",")
+            );
             let old = previous.and_then(|p| p.upstreams.get(&u.name));
             let upstream = match old {
                 Some(old) if old.key == key => Arc::clone(old),
@@ -176,14 +217,22 @@ impl Runtime {
                     "the redis rate-limit backend is not supported by this proxy yet; use backend \"local\"",
                 ));
             }
-            let old = previous.and_then(|p| p.limiters.get(&f.name)).filter(|l| l.cfg == *rl);
-            let limiter = old.cloned().unwrap_or_else(|| Arc::new(RateLimiter::new(&f.name, rl)));
+            let old = previous
+                .and_then(|p| p.limiters.get(&f.name))
+                .filter(|l| l.cfg == *rl);
+            let limiter = old
+                .cloned()
+                .unwrap_or_else(|| Arc::new(RateLimiter::new(&f.name, rl)));
             limiters.insert(f.name.clone(), limiter);
         }
 
         let versions = resources
             .iter()
-            .map(|r| pb::ResourceVersion { r#type: r.r#type, name: r.name.clone(), version: r.version.clone() })
+            .map(|r| pb::ResourceVersion {
+                r#type: r.r#type,
+                name: r.name.clone(),
+                version: r.version.clone(),
+            })
             .collect();
         Ok(Runtime {
             version,
@@ -192,7 +241,10 @@ impl Runtime {
             limiters,
             listeners,
             settings: settings.clone(),
-            snapshot: Snapshot { settings, ..snapshot },
+            snapshot: Snapshot {
+                settings,
+                ..snapshot
+            },
             versions,
         })
     }
@@ -202,6 +254,10 @@ impl Runtime {
     }
 
     pub fn access_log(&self) -> bool {
-        self.settings.observability.as_ref().and_then(|o| o.logging.as_ref()).is_none_or(|l| l.access_log)
+        self.settings
+            .observability
+            .as_ref()
+            .and_then(|o| o.logging.as_ref())
+            .is_none_or(|l| l.access_log)
     }
 }

@@ -36,7 +36,9 @@ pub fn version(path: &Path, snapshot: &Snapshot) -> ConfigVersion {
     ConfigVersion {
         hash: snapshot.config_hash(),
         number: 0,
-        origin: Origin::File { path: path.display().to_string() },
+        origin: Origin::File {
+            path: path.display().to_string(),
+        },
         applied_unix_ms: unix_ms(),
     }
 }
@@ -81,9 +83,17 @@ pub async fn run(proxy: Arc<Proxy>, path: PathBuf) -> anyhow::Result<usize> {
         .runtime()
         .and_then(|rt| rt.settings.server.map(|s| s.graceful_shutdown_timeout_ms))
         .unwrap_or(30_000);
-    tracing::info!(grace_ms = grace, open = proxy.listeners.connections.open(), "shutting down: draining connections");
+    tracing::info!(
+        grace_ms = grace,
+        open = proxy.listeners.connections.open(),
+        "shutting down: draining connections"
+    );
     proxy.begin_shutdown();
-    let left = proxy.listeners.connections.drained(Duration::from_millis(grace)).await;
+    let left = proxy
+        .listeners
+        .connections
+        .drained(Duration::from_millis(grace))
+        .await;
     if left > 0 {
         tracing::warn!(open = left, "drain deadline passed with connections open");
     } else {

@@ -30,9 +30,15 @@ static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();
 pub fn metrics() -> PrometheusHandle {
     PROMETHEUS
         .get_or_init(|| {
-            let buckets = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+            let buckets = [
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0, 30.0,
+            ];
             let builder = PrometheusBuilder::new()
-                .set_buckets_for_metric(Matcher::Full("sentinel_request_duration_seconds".into()), &buckets)
+                .set_buckets_for_metric(
+                    Matcher::Full("sentinel_request_duration_seconds".into()),
+                    &buckets,
+                )
                 .unwrap_or_else(|_| PrometheusBuilder::new());
             match builder.install_recorder() {
                 Ok(handle) => handle,
@@ -45,11 +51,20 @@ pub fn metrics() -> PrometheusHandle {
 
 /// Logging from `RUST_LOG` (wins) or the config's level, JSON or text.
 pub fn init_logging(logging: Option<&pb::Logging>) {
-    let level = logging.map(|l| l.level.as_str()).filter(|l| !l.is_empty()).unwrap_or("info");
+    let level = logging
+        .map(|l| l.level.as_str())
+        .filter(|l| !l.is_empty())
+        .unwrap_or("info");
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
     let json = logging.is_some_and(|l| l.format == pb::LogFormat::Json as i32);
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let result = if json { builder.json().flatten_event(true).try_init() } else { builder.try_init() };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let result = if json {
+        builder.json().flatten_event(true).try_init()
+    } else {
+        builder.try_init()
+    };
     if let Err(e) = result {
         eprintln!("logging already initialised: {e}");
     }

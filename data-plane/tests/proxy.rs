@@ -12,7 +12,12 @@ async fn get(c: &reqwest::Client, url: &str) -> reqwest::Response {
 }
 
 /// Sends `n` GETs, returns hits per backend name (from the body).
-async fn distribution(c: &reqwest::Client, url: &str, n: usize, header: Option<(&str, String)>) -> HashMap<String, usize> {
+async fn distribution(
+    c: &reqwest::Client,
+    url: &str,
+    n: usize,
+    header: Option<(&str, String)>,
+) -> HashMap<String, usize> {
     let mut out = HashMap::new();
     for i in 0..n {
         let mut req = c.get(url);
@@ -27,7 +32,11 @@ async fn distribution(c: &reqwest::Client, url: &str, n: usize, header: Option<(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_algorithm_distributes_within_tolerance() {
-    let backends = [Backend::start("a").await, Backend::start("b").await, Backend::start("c").await];
+    let backends = [
+        Backend::start("a").await,
+        Backend::start("b").await,
+        Backend::start("c").await,
+    ];
     let addrs: Vec<_> = backends.iter().map(|b| b.addr).collect();
     let c = client();
     for (alg, block) in [
@@ -40,7 +49,12 @@ async fn every_algorithm_distributes_within_tolerance() {
         ("ip_hash", ""),
     ] {
         let port = free_port();
-        let cfg = config(port, &addrs, &format!("        load-balancing \"{alg}\" {block}\n"), "");
+        let cfg = config(
+            port,
+            &addrs,
+            &format!("        load-balancing \"{alg}\" {block}\n"),
+            "",
+        );
         let proxy = Sentinel::start(&cfg).await;
         let url = format!("http://127.0.0.1:{port}/");
         match alg {
@@ -56,7 +70,11 @@ async fn every_algorithm_distributes_within_tolerance() {
             _ => {
                 let d = distribution(&c, &url, 300, None).await;
                 assert_eq!(d.len(), 3, "{alg}: {d:?}");
-                let (lo, hi) = if matches!(alg, "random" | "p2c") { (60, 140) } else { (90, 110) };
+                let (lo, hi) = if matches!(alg, "random" | "p2c") {
+                    (60, 140)
+                } else {
+                    (90, 110)
+                };
                 assert!(d.values().all(|v| *v >= lo && *v <= hi), "{alg}: {d:?}");
             }
         }
@@ -66,15 +84,30 @@ async fn every_algorithm_distributes_within_tolerance() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consistent_hash_is_sticky_per_key() {
-    let backends = [Backend::start("a").await, Backend::start("b").await, Backend::start("c").await];
+    let backends = [
+        Backend::start("a").await,
+        Backend::start("b").await,
+        Backend::start("c").await,
+    ];
     let addrs: Vec<_> = backends.iter().map(|b| b.addr).collect();
     let port = free_port();
-    let proxy = Sentinel::start(&config(port, &addrs, "load-balancing \"consistent_hash\" { key \"cookie:sid\"; }", "")).await;
+    let proxy = Sentinel::start(&config(
+        port,
+        &addrs,
+        "load-balancing \"consistent_hash\" { key \"cookie:sid\"; }",
+        "",
+    ))
+    .await;
     let c = client();
     for user in 0..20 {
         let mut seen = Vec::new();
         for _ in 0..5 {
-            let r = c.get(format!("http://127.0.0.1:{port}/")).header("cookie", format!("a=1; sid=user{user}")).send().await.unwrap();
+            let r = c
+                .get(format!("http://127.0.0.1:{port}/"))
+                .header("cookie", format!("a=1; sid=user{user}"))
+                .send()
+                .await
+                .unwrap();
             seen.push(r.text().await.unwrap());
         }
         seen.dedup();
@@ -133,18 +166,34 @@ async fn active_health_check_ejects_and_restores_within_thresholds() {
     // Unhealthy after 2 failed checks: about 1-2 intervals.
     loop {
         let view = proxy.admin_json("/admin/upstreams/app/health").await;
-        let healthy = view["targets"].as_array().unwrap().iter().find(|t| t["address"] == b.addr.to_string()).unwrap()["healthy"].as_bool().unwrap();
+        let healthy = view["targets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["address"] == b.addr.to_string())
+            .unwrap()["healthy"]
+            .as_bool()
+            .unwrap();
         if !healthy {
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(4), "b never left rotation");
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "b never left rotation"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let left_after = started.elapsed();
-    assert!(left_after >= Duration::from_millis(900), "left too early: {left_after:?} (threshold is 2 checks)");
+    assert!(
+        left_after >= Duration::from_millis(900),
+        "left too early: {left_after:?} (threshold is 2 checks)"
+    );
     let d = distribution(&c, &url, 20, None).await;
     assert_eq!(d.get("b"), None, "unhealthy target still served: {d:?}");
-    assert!(proxy.metrics().await.contains(&format!("sentinel_upstream_health{{upstream=\"app\",target=\"{}\"}} 0", b.addr)));
+    assert!(proxy.metrics().await.contains(&format!(
+        "sentinel_upstream_health{{upstream=\"app\",target=\"{}\"}} 0",
+        b.addr
+    )));
 
     b.set_health(200);
     let back = tokio::time::Instant::now();
@@ -156,10 +205,17 @@ async fn active_health_check_ejects_and_restores_within_thresholds() {
         assert!(back.elapsed() < Duration::from_secs(4), "b never rejoined");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(back.elapsed() >= Duration::from_millis(900), "rejoined before 2 good checks");
+    assert!(
+        back.elapsed() >= Duration::from_millis(900),
+        "rejoined before 2 good checks"
+    );
 
     // POST /admin/upstreams/{name}/check runs a round now.
-    let r = client().post(format!("http://{}/admin/upstreams/app/check", proxy.admin)).send().await.unwrap();
+    let r = client()
+        .post(format!("http://{}/admin/upstreams/app/check", proxy.admin))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     drop(proxy);
 }
@@ -170,16 +226,27 @@ async fn passive_health_ejects_a_failing_target() {
     let b = Backend::start("b").await;
     b.set_status(500);
     let port = free_port();
-    let passive = "passive-health { consecutive-failures 3; ejection-secs 60; }\nretry { attempts 1; }";
+    let passive =
+        "passive-health { consecutive-failures 3; ejection-secs 60; }\nretry { attempts 1; }";
     let proxy = Sentinel::start(&config(port, &[a.addr, b.addr], passive, "")).await;
     let c = client();
     let url = format!("http://127.0.0.1:{port}/");
     let first = distribution(&c, &url, 10, None).await;
     assert!(first.get("b").copied().unwrap_or(0) >= 3, "{first:?}");
     let after = distribution(&c, &url, 20, None).await;
-    assert_eq!(after.get("b"), None, "ejected target still served: {after:?}");
+    assert_eq!(
+        after.get("b"),
+        None,
+        "ejected target still served: {after:?}"
+    );
     let view = proxy.admin_json("/admin/upstreams/app/health").await;
-    let t = view["targets"].as_array().unwrap().iter().find(|t| t["address"] == b.addr.to_string()).unwrap().clone();
+    let t = view["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["address"] == b.addr.to_string())
+        .unwrap()
+        .clone();
     assert_eq!(t["ejected"], true);
     drop(proxy);
 }
@@ -201,22 +268,41 @@ async fn circuit_breaker_opens_half_opens_and_closes() {
     for _ in 0..3 {
         assert_eq!(get(&c, &url).await.status(), 503);
     }
-    let state = |v: serde_json::Value| v["targets"][0]["circuit_breaker"].as_str().unwrap().to_string();
-    assert_eq!(state(proxy.admin_json("/admin/upstreams/app/health").await), "open");
+    let state = |v: serde_json::Value| {
+        v["targets"][0]["circuit_breaker"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(
+        state(proxy.admin_json("/admin/upstreams/app/health").await),
+        "open"
+    );
     // Open: the proxy answers itself without touching the target.
     let hits = a.hits();
     let r = get(&c, &url).await;
     assert_eq!(r.status(), 503);
     assert!(r.text().await.unwrap().contains("no available target"));
     assert_eq!(a.hits(), hits);
-    assert!(proxy.metrics().await.contains("sentinel_circuit_breaker_trips_total"));
+    assert!(
+        proxy
+            .metrics()
+            .await
+            .contains("sentinel_circuit_breaker_trips_total")
+    );
 
     a.set_status(200);
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(get(&c, &url).await.status(), 200, "half-open probe");
-    assert_eq!(state(proxy.admin_json("/admin/upstreams/app/health").await), "half-open");
+    assert_eq!(
+        state(proxy.admin_json("/admin/upstreams/app/health").await),
+        "half-open"
+    );
     assert_eq!(get(&c, &url).await.status(), 200);
-    assert_eq!(state(proxy.admin_json("/admin/upstreams/app/health").await), "closed");
+    assert_eq!(
+        state(proxy.admin_json("/admin/upstreams/app/health").await),
+        "closed"
+    );
     drop(proxy);
 }
 
@@ -243,9 +329,18 @@ async fn retries_only_idempotent_requests() {
         let r = c.post(&url).body("payload").send().await.unwrap();
         *statuses.entry(r.status().as_u16()).or_insert(0) += 1;
     }
-    assert_eq!(statuses.get(&503), Some(&5), "POST is never retried: {statuses:?}");
+    assert_eq!(
+        statuses.get(&503),
+        Some(&5),
+        "POST is never retried: {statuses:?}"
+    );
     assert_eq!(a.methods.lock().unwrap().get("POST"), Some(&5));
-    assert!(proxy.metrics().await.contains("sentinel_upstream_retries_total{upstream=\"app\"}"));
+    assert!(
+        proxy
+            .metrics()
+            .await
+            .contains("sentinel_upstream_retries_total{upstream=\"app\"}")
+    );
     drop(proxy);
 }
 
@@ -253,7 +348,8 @@ async fn retries_only_idempotent_requests() {
 async fn connect_failure_is_502_and_timeout_is_504() {
     let dead = format!("127.0.0.1:{}", free_port());
     let slow = Backend::start("slow").await;
-    slow.delay_ms.store(2000, std::sync::atomic::Ordering::SeqCst);
+    slow.delay_ms
+        .store(2000, std::sync::atomic::Ordering::SeqCst);
     let port = free_port();
     let cfg = format!(
         r#"
@@ -343,7 +439,12 @@ routes {{
     assert_eq!(body("/api/x").await, "api");
     assert_eq!(body("/api/users/1").await, "users");
     assert_eq!(body("/api/users/admin").await, "admin");
-    let r = c.post(format!("http://127.0.0.1:{port}/api/x")).header("x-env", "canary").send().await.unwrap();
+    let r = c
+        .post(format!("http://127.0.0.1:{port}/api/x"))
+        .header("x-env", "canary")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.text().await.unwrap(), "admin");
     let routes = proxy.admin_json("/admin/routes").await;
     assert_eq!(routes["routes"][0]["name"], "admin");
@@ -380,9 +481,16 @@ async fn forwarded_headers_request_id_and_hop_by_hop() {
     assert_eq!(h["x-request-id"], "req-123");
     assert_eq!(h["x-env"], "prod");
     assert!(!h.contains_key("x-debug"));
-    assert!(!h.contains_key("x-hop"), "headers named in Connection are hop-by-hop");
+    assert!(
+        !h.contains_key("x-hop"),
+        "headers named in Connection are hop-by-hop"
+    );
     // Generated when absent.
-    let r = c.get(format!("http://127.0.0.1:{port}/")).send().await.unwrap();
+    let r = c
+        .get(format!("http://127.0.0.1:{port}/"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.headers()["x-request-id"].len(), 32);
     drop(proxy);
 }
@@ -401,7 +509,10 @@ filters {
     }
 }
 "#;
-    let cfg = config(port, &[a.addr], "", filters).replace("upstream \"app\"\n    }", "upstream \"app\"\n        filters \"limit\"\n    }");
+    let cfg = config(port, &[a.addr], "", filters).replace(
+        "upstream \"app\"\n    }",
+        "upstream \"app\"\n        filters \"limit\"\n    }",
+    );
     let proxy = Sentinel::start(&cfg).await;
     let c = client();
     let url = format!("http://127.0.0.1:{port}/");
@@ -409,7 +520,10 @@ filters {
         let r = c.get(&url).header("x-key", "k1").send().await.unwrap();
         assert_eq!(r.status(), 200, "request {i}");
         assert_eq!(r.headers()["x-ratelimit-limit"], "3");
-        assert_eq!(r.headers()["x-ratelimit-remaining"], (2 - i).to_string().as_str());
+        assert_eq!(
+            r.headers()["x-ratelimit-remaining"],
+            (2 - i).to_string().as_str()
+        );
     }
     let r = c.get(&url).header("x-key", "k1").send().await.unwrap();
     assert_eq!(r.status(), 429);
@@ -417,7 +531,19 @@ filters {
     assert_eq!(r.headers()["x-ratelimit-remaining"], "0");
     assert!(r.headers().contains_key("x-ratelimit-reset"));
     // Another key has its own bucket.
-    assert_eq!(c.get(&url).header("x-key", "k2").send().await.unwrap().status(), 200);
-    assert!(proxy.metrics().await.contains("sentinel_rate_limit_decisions_total{filter=\"limit\",decision=\"rejected\"} 1"));
+    assert_eq!(
+        c.get(&url)
+            .header("x-key", "k2")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert!(
+        proxy.metrics().await.contains(
+            "sentinel_rate_limit_decisions_total{filter=\"limit\",decision=\"rejected\"} 1"
+        )
+    );
     drop(proxy);
 }

@@ -48,9 +48,18 @@ fn gcd(a: u32, b: u32) -> u32 {
 impl Balancer {
     pub fn new(lb: &pb::LoadBalancing, addresses: &[String], weights: &[u32]) -> Self {
         let algorithm = Alg::try_from(lb.algorithm).unwrap_or(Alg::RoundRobin);
-        let divisor = weights.iter().copied().filter(|w| *w > 0).fold(0, gcd).max(1);
+        let divisor = weights
+            .iter()
+            .copied()
+            .filter(|w| *w > 0)
+            .fold(0, gcd)
+            .max(1);
         let normalized: Vec<u32> = weights.iter().map(|w| w / divisor).collect();
-        let schedule = if algorithm == Alg::Weighted { smooth_schedule(&normalized) } else { Vec::new() };
+        let schedule = if algorithm == Alg::Weighted {
+            smooth_schedule(&normalized)
+        } else {
+            Vec::new()
+        };
         let ring = if algorithm == Alg::ConsistentHash {
             build_ring(addresses, &normalized, lb.virtual_nodes.max(1))
         } else {
@@ -85,11 +94,16 @@ impl Balancer {
             Alg::Weighted if !self.schedule.is_empty() => {
                 let len = self.schedule.len();
                 let start = self.next.fetch_add(1, Ordering::Relaxed);
-                (0..len).map(|i| self.schedule[(start + i) % len]).find(|t| eligible(*t))
+                (0..len)
+                    .map(|i| self.schedule[(start + i) % len])
+                    .find(|t| eligible(*t))
             }
             Alg::LeastConnections => {
                 let start = self.next.fetch_add(1, Ordering::Relaxed);
-                (0..n).map(|i| (start + i) % n).filter(|t| eligible(*t)).min_by_key(|t| active(*t))
+                (0..n)
+                    .map(|i| (start + i) % n)
+                    .filter(|t| eligible(*t))
+                    .min_by_key(|t| active(*t))
             }
             Alg::IpHash => {
                 let start = match ctx.client_ip {
@@ -103,7 +117,9 @@ impl Balancer {
                     let h = hash_bytes(key);
                     let at = self.ring.partition_point(|(p, _)| *p < h);
                     let len = self.ring.len();
-                    (0..len).map(|i| self.ring[(at + i) % len].1).find(|t| eligible(*t))
+                    (0..len)
+                        .map(|i| self.ring[(at + i) % len].1)
+                        .find(|t| eligible(*t))
                 }
                 None => probe(self.next.fetch_add(1, Ordering::Relaxed), n, eligible),
             },
@@ -182,7 +198,11 @@ mod tests {
     use super::*;
 
     fn lb(alg: Alg) -> pb::LoadBalancing {
-        pb::LoadBalancing { algorithm: alg as i32, hash_key: "path".into(), virtual_nodes: 160 }
+        pb::LoadBalancing {
+            algorithm: alg as i32,
+            hash_key: "path".into(),
+            virtual_nodes: 160,
+        }
     }
 
     fn addrs(n: usize) -> Vec<String> {
@@ -190,13 +210,17 @@ mod tests {
     }
 
     fn ctx(key: Option<&[u8]>) -> PickContext<'_> {
-        PickContext { client_ip: "192.0.2.1".parse().unwrap(), hash_key: key }
+        PickContext {
+            client_ip: "192.0.2.1".parse().unwrap(),
+            hash_key: key,
+        }
     }
 
     fn counts(b: &Balancer, picks: usize) -> HashMap<usize, usize> {
         let mut c = HashMap::new();
         for _ in 0..picks {
-            *c.entry(b.pick(&ctx(None), &|_| true, &|_| 0).unwrap()).or_insert(0) += 1;
+            *c.entry(b.pick(&ctx(None), &|_| true, &|_| 0).unwrap())
+                .or_insert(0) += 1;
         }
         c
     }
@@ -214,8 +238,13 @@ mod tests {
         let c = counts(&b, 700);
         assert_eq!((c[&0], c[&1], c[&2]), (500, 100, 100));
         // Smooth: the heavy target never gets more than 3 in a row here.
-        let seq: Vec<_> = (0..7).map(|_| b.pick(&ctx(None), &|_| true, &|_| 0).unwrap()).collect();
-        assert!(!seq.windows(4).any(|w| w.iter().all(|t| *t == 0)), "{seq:?}");
+        let seq: Vec<_> = (0..7)
+            .map(|_| b.pick(&ctx(None), &|_| true, &|_| 0).unwrap())
+            .collect();
+        assert!(
+            !seq.windows(4).any(|w| w.iter().all(|t| *t == 0)),
+            "{seq:?}"
+        );
     }
 
     #[test]
@@ -251,15 +280,27 @@ mod tests {
     fn consistent_hash_remaps_only_the_departed_targets_keys() {
         let four = Balancer::new(&lb(Alg::ConsistentHash), &addrs(4), &[1, 1, 1, 1]);
         let keys: Vec<String> = (0..2000).map(|i| format!("/user/{i}")).collect();
-        let before: Vec<usize> =
-            keys.iter().map(|k| four.pick(&ctx(Some(k.as_bytes())), &|_| true, &|_| 0).unwrap()).collect();
-        let spread = (0..4).map(|t| before.iter().filter(|x| **x == t).count()).collect::<Vec<_>>();
-        assert!(spread.iter().all(|c| *c > 300 && *c < 700), "uneven ring: {spread:?}");
+        let before: Vec<usize> = keys
+            .iter()
+            .map(|k| {
+                four.pick(&ctx(Some(k.as_bytes())), &|_| true, &|_| 0)
+                    .unwrap()
+            })
+            .collect();
+        let spread = (0..4)
+            .map(|t| before.iter().filter(|x| **x == t).count())
+            .collect::<Vec<_>>();
+        assert!(
+            spread.iter().all(|c| *c > 300 && *c < 700),
+            "uneven ring: {spread:?}"
+        );
         // Target 3 leaves: rebuild the ring from the remaining three.
         let three = Balancer::new(&lb(Alg::ConsistentHash), &addrs(3), &[1, 1, 1]);
         let mut moved = 0;
         for (k, was) in keys.iter().zip(&before) {
-            let now = three.pick(&ctx(Some(k.as_bytes())), &|_| true, &|_| 0).unwrap();
+            let now = three
+                .pick(&ctx(Some(k.as_bytes())), &|_| true, &|_| 0)
+                .unwrap();
             if *was != 3 {
                 assert_eq!(now, *was, "key {k} moved although its target stayed");
             } else {

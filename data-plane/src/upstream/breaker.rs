@@ -75,13 +75,22 @@ impl Breaker {
                 if now_ms() < self.opened_at_ms.load(Ordering::Acquire) + cfg.open_ms {
                     return false;
                 }
-                if self.state.compare_exchange(OPEN, HALF_OPEN, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+                if self
+                    .state
+                    .compare_exchange(OPEN, HALF_OPEN, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+                {
                     self.successes.store(0, Ordering::Release);
                     self.probing.store(false, Ordering::Release);
                 }
-                self.probing.compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire).is_ok()
+                self.probing
+                    .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
             }
-            _ => self.probing.compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire).is_ok(),
+            _ => self
+                .probing
+                .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok(),
         }
     }
 
@@ -96,7 +105,10 @@ impl Breaker {
         self.probing.store(false, Ordering::Release);
         let n = self.successes.fetch_add(1, Ordering::AcqRel) + 1;
         if n >= cfg.success_threshold
-            && self.state.compare_exchange(HALF_OPEN, CLOSED, Ordering::AcqRel, Ordering::Acquire).is_ok()
+            && self
+                .state
+                .compare_exchange(HALF_OPEN, CLOSED, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
         {
             return Transition::Closed;
         }
@@ -114,7 +126,11 @@ impl Breaker {
             }
             CLOSED => {
                 let n = self.failures.fetch_add(1, Ordering::AcqRel) + 1;
-                if n >= cfg.failure_threshold { self.open() } else { Transition::None }
+                if n >= cfg.failure_threshold {
+                    self.open()
+                } else {
+                    Transition::None
+                }
             }
             _ => Transition::None,
         }
@@ -139,7 +155,12 @@ mod tests {
     use super::*;
 
     fn cfg() -> pb::CircuitBreaker {
-        pb::CircuitBreaker { enabled: true, failure_threshold: 3, success_threshold: 2, open_ms: 1000 }
+        pb::CircuitBreaker {
+            enabled: true,
+            failure_threshold: 3,
+            success_threshold: 2,
+            open_ms: 1000,
+        }
     }
 
     #[tokio::test(start_paused = true)]
@@ -196,7 +217,10 @@ mod tests {
 
     #[test]
     fn disabled_breaker_never_opens() {
-        let cfg = pb::CircuitBreaker { enabled: false, ..cfg() };
+        let cfg = pb::CircuitBreaker {
+            enabled: false,
+            ..cfg()
+        };
         let b = Breaker::default();
         for _ in 0..10 {
             b.on_failure(&cfg);

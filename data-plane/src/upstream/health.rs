@@ -85,7 +85,11 @@ impl TargetHealth {
             healthy: self.is_healthy(),
             ejected: self.is_ejected(),
             since_unix_ms: self.since_unix_ms.load(Ordering::Acquire),
-            last_error: self.last_error.lock().map(|e| e.clone()).unwrap_or_default(),
+            last_error: self
+                .last_error
+                .lock()
+                .map(|e| e.clone())
+                .unwrap_or_default(),
             ejections: self.ejections.load(Ordering::Relaxed),
         }
     }
@@ -138,12 +142,14 @@ impl TargetHealth {
         };
         let mut eject = cfg.consecutive_failures > 0 && consecutive >= cfg.consecutive_failures;
         if requests >= cfg.min_requests.max(1) {
-            eject |= u64::from(failures) * 100 >= u64::from(cfg.failure_rate_percent) * u64::from(requests);
+            eject |= u64::from(failures) * 100
+                >= u64::from(cfg.failure_rate_percent) * u64::from(requests);
             self.window_requests.store(0, Ordering::Release);
             self.window_failures.store(0, Ordering::Release);
         }
         if eject && !self.is_ejected() {
-            self.ejected_until_ms.store(now_ms() + cfg.ejection_ms, Ordering::Release);
+            self.ejected_until_ms
+                .store(now_ms() + cfg.ejection_ms, Ordering::Release);
             self.consecutive.store(0, Ordering::Release);
             self.ejections.fetch_add(1, Ordering::Relaxed);
             if let Ok(mut last) = self.last_error.lock() {
@@ -169,7 +175,11 @@ pub async fn probe(
             Err(_) => Err(format!("connect timed out after {} ms", cfg.timeout_ms)),
         };
     }
-    let host = if cfg.host.is_empty() { address } else { cfg.host.as_str() };
+    let host = if cfg.host.is_empty() {
+        address
+    } else {
+        cfg.host.as_str()
+    };
     let req = http::Request::get(format!("http://{address}{}", cfg.path))
         .header(http::header::HOST, host)
         .header(http::header::USER_AGENT, "sentinel-health-check")
@@ -177,7 +187,11 @@ pub async fn probe(
         .map_err(|e| format!("bad check request: {e}"))?;
     match tokio::time::timeout(timeout, client.request(req)).await {
         Ok(Ok(resp)) if u32::from(resp.status().as_u16()) == cfg.expected_status => Ok(()),
-        Ok(Ok(resp)) => Err(format!("status {} (expected {})", resp.status().as_u16(), cfg.expected_status)),
+        Ok(Ok(resp)) => Err(format!(
+            "status {} (expected {})",
+            resp.status().as_u16(),
+            cfg.expected_status
+        )),
         Ok(Err(e)) => Err(format!("request: {e}")),
         Err(_) => Err(format!("timed out after {} ms", cfg.timeout_ms)),
     }
@@ -188,7 +202,9 @@ pub fn check_client(connect_timeout_ms: u64) -> Client<HttpConnector, Empty<Byte
     let mut connector = HttpConnector::new();
     connector.set_connect_timeout(Some(Duration::from_millis(connect_timeout_ms.max(1))));
     connector.set_nodelay(true);
-    Client::builder(TokioExecutor::new()).pool_max_idle_per_host(0).build(connector)
+    Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(0)
+        .build(connector)
 }
 
 #[cfg(test)]
@@ -196,7 +212,12 @@ mod tests {
     use super::*;
 
     fn hc() -> pb::HealthCheck {
-        pb::HealthCheck { enabled: true, healthy_threshold: 2, unhealthy_threshold: 3, ..Default::default() }
+        pb::HealthCheck {
+            enabled: true,
+            healthy_threshold: 2,
+            unhealthy_threshold: 3,
+            ..Default::default()
+        }
     }
 
     #[test]

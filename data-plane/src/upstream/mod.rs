@@ -90,7 +90,10 @@ impl Drop for Upstream {
 
 impl std::fmt::Debug for Upstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Upstream").field("name", &self.name).field("targets", &self.targets).finish()
+        f.debug_struct("Upstream")
+            .field("name", &self.name)
+            .field("targets", &self.targets)
+            .finish()
     }
 }
 
@@ -127,15 +130,26 @@ impl Upstream {
         previous: Option<&Upstream>,
     ) -> Arc<Upstream> {
         let old: HashMap<&str, &Arc<TargetState>> = previous
-            .map(|p| p.targets.iter().map(|t| (t.address.as_str(), &t.state)).collect())
+            .map(|p| {
+                p.targets
+                    .iter()
+                    .map(|t| (t.address.as_str(), &t.state))
+                    .collect()
+            })
             .unwrap_or_default();
         let targets: Vec<Target> = endpoints
             .targets
             .iter()
             .zip(resolved)
             .map(|(t, address)| Target {
-                state: old.get(address.as_str()).map(|s| Arc::clone(s)).unwrap_or_default(),
-                labels: [("upstream", resource.name.clone()), ("target", address.clone())],
+                state: old
+                    .get(address.as_str())
+                    .map(|s| Arc::clone(s))
+                    .unwrap_or_default(),
+                labels: [
+                    ("upstream", resource.name.clone()),
+                    ("target", address.clone()),
+                ],
                 address,
                 weight: t.weight,
                 zone: t.zone.clone(),
@@ -145,7 +159,8 @@ impl Upstream {
         let weights: Vec<u32> = targets.iter().map(|t| t.weight).collect();
         let lb = resource.load_balancing.clone().unwrap_or_default();
         let same_pool = previous.is_some_and(|p| {
-            p.resource.connection_pool == resource.connection_pool && p.resource.timeouts == resource.timeouts
+            p.resource.connection_pool == resource.connection_pool
+                && p.resource.timeouts == resource.timeouts
         });
         let client = match previous {
             Some(p) if same_pool => p.client.clone(),
@@ -191,7 +206,9 @@ impl Upstream {
         if t.weight == 0 || exclude.contains(&i) {
             return false;
         }
-        if self.max_connections > 0 && t.state.active.load(Ordering::Relaxed) >= self.max_connections {
+        if self.max_connections > 0
+            && t.state.active.load(Ordering::Relaxed) >= self.max_connections
+        {
             return false;
         }
         any || (t.state.health.is_available() && t.state.breaker.is_available(&self.breaker_cfg))
@@ -201,7 +218,10 @@ impl Upstream {
     pub fn select(&self, ctx: &PickContext<'_>, exclude: &[usize]) -> Result<usize, ProxyError> {
         let active = |i: usize| self.targets[i].state.active.load(Ordering::Relaxed);
         for _ in 0..self.targets.len().max(1) {
-            let Some(i) = self.balancer.pick(ctx, &|i| self.eligible(i, exclude, false), &active) else {
+            let Some(i) = self
+                .balancer
+                .pick(ctx, &|i| self.eligible(i, exclude, false), &active)
+            else {
                 break;
             };
             if self.targets[i].state.breaker.acquire(&self.breaker_cfg) {
@@ -210,7 +230,9 @@ impl Upstream {
         }
         // Nothing healthy. Retries still avoid targets already tried.
         if self.resource.all_unhealthy == pb::AllUnhealthy::FailOpen as i32 {
-            let i = self.balancer.pick(ctx, &|i| self.eligible(i, exclude, true), &active);
+            let i = self
+                .balancer
+                .pick(ctx, &|i| self.eligible(i, exclude, true), &active);
             if let Some(i) = i {
                 return Ok(i);
             }
@@ -238,7 +260,8 @@ impl Upstream {
             } else {
                 tracing::info!(upstream = %self.name, target = %t.address, "circuit breaker closed");
             }
-            metrics::gauge!("sentinel_circuit_breaker_state", &t.labels).set(f64::from(t.state.breaker.state()));
+            metrics::gauge!("sentinel_circuit_breaker_state", &t.labels)
+                .set(f64::from(t.state.breaker.state()));
         }
     }
 
@@ -253,7 +276,8 @@ impl Upstream {
         let retry = self.resource.retry.clone().unwrap_or_default();
         self.roll_budget();
         let requests = self.budget.requests.load(Ordering::Relaxed);
-        let allowed = (requests * u64::from(retry.budget_percent) / 100).max(u64::from(retry.min_retries_per_second));
+        let allowed = (requests * u64::from(retry.budget_percent) / 100)
+            .max(u64::from(retry.min_retries_per_second));
         let used = self.budget.retries.fetch_add(1, Ordering::Relaxed);
         if used < allowed {
             return true;
@@ -284,7 +308,12 @@ impl Upstream {
         }
         let done = self.checked.notified();
         self.check_now.notify_one();
-        tokio::time::timeout(Duration::from_millis(self.health_cfg.timeout_ms + 1000), done).await.is_ok()
+        tokio::time::timeout(
+            Duration::from_millis(self.health_cfg.timeout_ms + 1000),
+            done,
+        )
+        .await
+        .is_ok()
     }
 
     pub fn breaker_config(&self) -> &pb::CircuitBreaker {
@@ -298,7 +327,11 @@ impl Target {
     }
 
     fn publish_health(&self) {
-        let v = if self.state.health.is_healthy() { 1.0 } else { 0.0 };
+        let v = if self.state.health.is_healthy() {
+            1.0
+        } else {
+            0.0
+        };
         metrics::gauge!("sentinel_upstream_health", &self.labels).set(v);
     }
 }

@@ -25,7 +25,11 @@ pub fn init_tls() {
 
 /// A port that was free a moment ago.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// An in-process HTTP/1.1 backend whose behaviour tests can change.
@@ -77,7 +81,9 @@ impl Backend {
         );
         let task = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 let state = state.clone();
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
@@ -90,7 +96,17 @@ impl Backend {
                 });
             }
         });
-        Backend { name: name.to_string(), addr, hits, status, health, delay_ms, methods, last_headers, task }
+        Backend {
+            name: name.to_string(),
+            addr,
+            hits,
+            status,
+            health,
+            delay_ms,
+            methods,
+            last_headers,
+            task,
+        }
     }
 
     pub fn hits(&self) -> usize {
@@ -120,17 +136,28 @@ async fn respond(state: State, req: Request<Incoming>) -> Response<Full<Bytes>> 
     let (name, hits, status, health, delay, methods, last_headers) = state;
     if req.uri().path() == "/health" {
         let s = health.load(Ordering::SeqCst);
-        return Response::builder().status(s).body(Full::new(Bytes::from("health"))).unwrap();
+        return Response::builder()
+            .status(s)
+            .body(Full::new(Bytes::from("health")))
+            .unwrap();
     }
     hits.fetch_add(1, Ordering::SeqCst);
-    *methods.lock().unwrap().entry(req.method().to_string()).or_insert(0) += 1;
+    *methods
+        .lock()
+        .unwrap()
+        .entry(req.method().to_string())
+        .or_insert(0) += 1;
     *last_headers.lock().unwrap() = req.headers().clone();
     let d = delay.load(Ordering::SeqCst);
     if d > 0 {
         tokio::time::sleep(Duration::from_millis(d)).await;
     }
     let s = status.load(Ordering::SeqCst);
-    Response::builder().status(s).header("x-backend", &name).body(Full::new(Bytes::from(name.clone()))).unwrap()
+    Response::builder()
+        .status(s)
+        .header("x-backend", &name)
+        .body(Full::new(Bytes::from(name.clone())))
+        .unwrap()
 }
 
 /// The real `sentinel` binary serving a config file.
@@ -167,16 +194,25 @@ impl Sentinel {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
-        Sentinel { child, admin, config: path, log, _dir: dir }
+        Sentinel {
+            child,
+            admin,
+            config: path,
+            log,
+            _dir: dir,
+        }
     }
 
     pub async fn wait_ready(&self) {
         let client = client();
         for _ in 0..200 {
-            if let Ok(r) = client.get(format!("http://{}/ready", self.admin)).send().await {
-                if r.status() == 200 {
-                    return;
-                }
+            if let Ok(r) = client
+                .get(format!("http://{}/ready", self.admin))
+                .send()
+                .await
+                && r.status() == 200
+            {
+                return;
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
@@ -188,11 +224,25 @@ impl Sentinel {
     }
 
     pub async fn admin_json(&self, path: &str) -> serde_json::Value {
-        client().get(format!("http://{}{}", self.admin, path)).send().await.unwrap().json().await.unwrap()
+        client()
+            .get(format!("http://{}{}", self.admin, path))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
     }
 
     pub async fn metrics(&self) -> String {
-        client().get(format!("http://{}/metrics", self.admin)).send().await.unwrap().text().await.unwrap()
+        client()
+            .get(format!("http://{}/metrics", self.admin))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
     }
 
     /// Rewrites the config file and sends SIGHUP.
@@ -202,7 +252,11 @@ impl Sentinel {
     }
 
     pub fn signal(&self, sig: &str) {
-        let status = Command::new("kill").arg(format!("-{sig}")).arg(self.child.id().to_string()).status().unwrap();
+        let status = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
         assert!(status.success());
     }
 
@@ -234,7 +288,10 @@ impl Drop for Sentinel {
 /// A config with one listener and one upstream over `targets`, plus
 /// `extra_upstream` lines inside the upstream block and `extra` top-level.
 pub fn config(port: u16, targets: &[SocketAddr], extra_upstream: &str, extra: &str) -> String {
-    let targets: String = targets.iter().map(|t| format!("        target \"{t}\"\n")).collect();
+    let targets: String = targets
+        .iter()
+        .map(|t| format!("        target \"{t}\"\n"))
+        .collect();
     format!(
         r#"
 observability {{
@@ -261,5 +318,8 @@ routes {{
 
 pub fn client() -> reqwest::Client {
     init_tls();
-    reqwest::Client::builder().pool_max_idle_per_host(16).build().unwrap()
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(16)
+        .build()
+        .unwrap()
 }
