@@ -17,6 +17,7 @@ CONNECTIONS=${CONNECTIONS:-50}
 WORKERS=${WORKERS:-1}          # proxy worker threads / nginx worker processes
 WRK_THREADS=${WRK_THREADS:-1}
 WARMUP=${WARMUP:-2}
+ROUNDS=${ROUNDS:-3}            # sentinel and nginx alternate; medians reported
 
 scripts/ensure-deps nginx=nginx-light wrk=wrk python3=python3
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
@@ -139,16 +140,26 @@ to_ms() {  # wrk latency (e.g. 512.00us, 1.20ms, 1.1s) -> ms
         else print v }'
 }
 
-echo "==> wrk -t$WRK_THREADS -c$CONNECTIONS -d${DURATION}s, keep-alive; proxies with $WORKERS worker(s); $(nproc) cores shared by all"
+echo "==> wrk -t$WRK_THREADS -c$CONNECTIONS -d${DURATION}s, keep-alive, $ROUNDS alternating rounds; proxies with $WORKERS worker(s); $(nproc) cores shared by all"
 printf "%-10s %12s %10s %10s %10s\n" "target" "req/s" "p50" "p99" "proxy RSS"
+declare -a s_rps_all n_rps_all s_p99_all n_p99_all s_p50_all n_p50_all
 run bare "http://127.0.0.1:$backend_port/"
 bare_rps=$R_RPS
-run sentinel "http://127.0.0.1:$sentinel_port/" "$sentinel_pid"
-s_rps=$R_RPS s_p99=$R_P99
-run nginx "http://127.0.0.1:$nginx_port/" "$nginx_master"
-n_rps=$R_RPS n_p99=$R_P99
+for round in $(seq "$ROUNDS"); do
+    run sentinel "http://127.0.0.1:$sentinel_port/" "$sentinel_pid"
+    s_rps_all+=("$R_RPS"); s_p50_all+=("$(to_ms "$R_P50")"); s_p99_all+=("$(to_ms "$R_P99")"); s_rss=$R_RSS
+    run nginx "http://127.0.0.1:$nginx_port/" "$nginx_master"
+    n_rps_all+=("$R_RPS"); n_p50_all+=("$(to_ms "$R_P50")"); n_p99_all+=("$(to_ms "$R_P99")"); n_rss=$R_RSS
+done
 
-awk -v s="$s_rps" -v n="$n_rps" -v b="$bare_rps" -v sp="$(to_ms "$s_p99")" -v np="$(to_ms "$n_p99")" 'BEGIN {
+median() { printf "%s\n" "$@" | sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
+s_rps=$(median "${s_rps_all[@]}"); n_rps=$(median "${n_rps_all[@]}")
+s_p50=$(median "${s_p50_all[@]}"); n_p50=$(median "${n_p50_all[@]}")
+s_p99=$(median "${s_p99_all[@]}"); n_p99=$(median "${n_p99_all[@]}")
+echo "---- medians over $ROUNDS rounds"
+printf "%-10s %12s %9sms %9sms %10s\n" "sentinel" "$s_rps" "$s_p50" "$s_p99" "$s_rss"
+printf "%-10s %12s %9sms %9sms %10s\n" "nginx" "$n_rps" "$n_p50" "$n_p99" "$n_rss"
+awk -v s="$s_rps" -v n="$n_rps" -v b="$bare_rps" -v sp="$s_p99" -v np="$n_p99" 'BEGIN {
     printf "sentinel/nginx throughput: %.2f   (target >= 1.00)\n", s / n
     printf "sentinel/bare  throughput: %.2f\n", s / b
     printf "sentinel/nginx p99:        %.2f   (target <= 1.00)\n", sp / np

@@ -294,6 +294,7 @@ async fn serve_connection(
     let l = &spec.resource;
     let conn = Arc::new(ConnInfo {
         client,
+        client_ip: client.ip().to_string(),
         listener: Arc::from(spec.name.as_str()),
         tls: spec.tls.is_some(),
         stop: Some(stop.clone()),

@@ -7,6 +7,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use sentinel_proxy::{admin, apply::Proxy, standalone, telemetry};
 
 /// Sentinel reverse proxy.
@@ -129,6 +132,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         telemetry::metrics();
+        telemetry::spawn_upkeep();
         let proxy = Arc::new(Proxy::new());
         let (admin_addr, _admin) = admin::serve(Arc::clone(&proxy), flags.admin_addr)
             .await

@@ -32,6 +32,7 @@ use sentinel_proto as pb;
 use crate::body::{self, Body};
 use crate::error::ProxyError;
 use crate::ratelimit::{self, Decision};
+use crate::routing::RouteEntry;
 use crate::runtime::Runtime;
 use crate::upstream::balance::PickContext;
 use crate::upstream::{Outcome, Upstream};
@@ -47,6 +48,8 @@ pub struct Shared {
 #[derive(Debug)]
 pub struct ConnInfo {
     pub client: SocketAddr,
+    /// `client.ip()` as text, formatted once per connection.
+    pub client_ip: String,
     pub listener: Arc<str>,
     pub tls: bool,
     /// Set when its listener was removed: answer with `Connection: close`.
@@ -71,9 +74,9 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 /// Facts gathered along the phases for the access log and metrics.
 #[derive(Default)]
 struct Trace {
-    route: Option<Arc<str>>,
-    upstream: Option<String>,
-    target: Option<String>,
+    route: Option<Arc<RouteEntry>>,
+    upstream: Option<Arc<Upstream>>,
+    target: Option<usize>,
     attempts: u32,
     limits: Option<Decision>,
 }
@@ -91,13 +94,14 @@ pub async fn serve(
         .filter(|v| !v.is_empty() && v.len() <= 200)
         .cloned()
         .unwrap_or_else(new_request_id);
-    let method = req.method().clone();
-    let path = req.uri().path().to_string();
     let mut trace = Trace::default();
     let Some(rt) = shared.runtime.load_full() else {
         let resp = error_response(&ProxyError::ShuttingDown, &request_id);
         return Ok(resp);
     };
+    let access_log = rt
+        .access_log()
+        .then(|| (req.method().clone(), req.uri().path().to_string()));
     let result = handle(&rt, &conn, req, &request_id, &mut trace).await;
     let mut resp = match result {
         Ok(resp) => resp,
@@ -117,12 +121,22 @@ pub async fn serve(
     }
     let elapsed = started.elapsed();
     let status = resp.status();
-    let route_label = trace.route.as_deref().unwrap_or("").to_string();
-    metrics::counter!("sentinel_requests_total", "route" => route_label.clone(), "status" => status.as_u16().to_string())
-        .increment(1);
-    metrics::histogram!("sentinel_request_duration_seconds", "route" => route_label)
-        .record(elapsed.as_secs_f64());
-    if rt.access_log() {
+    match &trace.route {
+        Some(route) => route
+            .metrics
+            .record(&route.name, status.as_u16(), elapsed.as_secs_f64()),
+        None => {
+            metrics::counter!("sentinel_requests_total", "route" => "", "status" => status.as_u16().to_string())
+                .increment(1);
+            metrics::histogram!("sentinel_request_duration_seconds", "route" => "")
+                .record(elapsed.as_secs_f64());
+        }
+    }
+    if let Some((method, path)) = access_log {
+        let upstream = trace.upstream.as_ref();
+        let target = upstream
+            .zip(trace.target)
+            .map(|(u, i)| u.targets[i].address.as_str());
         tracing::info!(
             target: "sentinel::access",
             request_id = request_id.to_str().unwrap_or("-"),
@@ -130,9 +144,9 @@ pub async fn serve(
             listener = %conn.listener,
             method = %method,
             path = %path,
-            route = trace.route.as_deref().unwrap_or("-"),
-            upstream = trace.upstream.as_deref().unwrap_or("-"),
-            target = trace.target.as_deref().unwrap_or("-"),
+            route = trace.route.as_ref().map_or("-", |r| &*r.name),
+            upstream = upstream.map_or("-", |u| u.name.as_str()),
+            target = target.unwrap_or("-"),
             attempts = trace.attempts,
             status = status.as_u16(),
             duration_ms = elapsed.as_secs_f64() * 1000.0,
@@ -182,8 +196,8 @@ async fn handle(
             }
         }
     };
-    trace.route = Some(Arc::clone(&route.name));
-    let policies = route.resource.policies.clone().unwrap_or_default();
+    trace.route = Some(Arc::clone(&route));
+    let policies = &route.policies;
     let max_body = if policies.max_body_bytes > 0 {
         policies.max_body_bytes
     } else {
@@ -199,14 +213,14 @@ async fn handle(
 
     // --- filters
     let client_ip = conn.client.ip();
-    let client_ip_text = client_ip.to_string();
+    let client_ip_text = conn.client_ip.as_str();
     for name in &route.resource.filters {
         let Some(limiter) = rt.limiters.get(name) else {
             continue;
         };
         let key = ratelimit::key_for(
             &limiter.cfg,
-            &client_ip_text,
+            client_ip_text,
             req.uri().path(),
             req.headers(),
         );
@@ -235,12 +249,22 @@ async fn handle(
         .upstreams
         .get(&route.resource.upstream)
         .ok_or_else(|| ProxyError::NoTarget(route.resource.upstream.clone()))?;
-    trace.upstream = Some(upstream.name.clone());
+    trace.upstream = Some(Arc::clone(upstream));
     let upgrade = is_upgrade(&req);
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    let (parts, incoming) = req.into_parts();
-    let headers = upstream_headers(&parts.headers, conn, &host, request_id, &policies, upgrade);
-    let hash_key = hash_key_value(upstream, &parts, &client_ip_text);
+    let (mut parts, incoming) = req.into_parts();
+    let hash_key = hash_key_value(upstream, &parts, client_ip_text);
+    let has_body = declared_len.is_some_and(|l| l > 0)
+        || parts.headers.contains_key(header::TRANSFER_ENCODING);
+    let request_headers = std::mem::take(&mut parts.headers);
+    let mut headers = Some(upstream_headers(
+        request_headers,
+        conn,
+        &host,
+        request_id,
+        policies,
+        upgrade,
+    ));
     let ctx = PickContext {
         client_ip,
         hash_key: hash_key.as_deref(),
@@ -248,19 +272,17 @@ async fn handle(
     let path_and_query = parts
         .uri
         .path_and_query()
-        .map_or("/", |pq| pq.as_str())
-        .to_string();
-    let timeouts = upstream.resource.timeouts.unwrap_or_default();
+        .cloned()
+        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+    let timeouts = &upstream.timeouts;
     let request_ms = if policies.timeout_ms > 0 {
         policies.timeout_ms
     } else {
         timeouts.request_ms
     };
     let head_timeout = Duration::from_millis(request_ms.min(timeouts.read_ms).max(1));
-    let retry = upstream.resource.retry.clone().unwrap_or_default();
+    let retry = &upstream.retry;
 
-    let has_body = declared_len.is_some_and(|l| l > 0)
-        || parts.headers.contains_key(header::TRANSFER_ENCODING);
     let idempotent = is_idempotent(&parts.method) && !upgrade;
     let replayable =
         idempotent && retry.attempts > 1 && declared_len.is_none_or(|l| l <= REPLAYABLE_BODY_BYTES);
@@ -316,11 +338,9 @@ async fn handle(
         last_error = None;
         last_response = None;
         let target = &upstream.targets[index];
-        trace.target = Some(target.address.clone());
+        trace.target = Some(index);
         tried.push(index);
-        let uri: Uri = format!("http://{}{}", target.address, path_and_query)
-            .parse()
-            .map_err(|e| ProxyError::BadRequest(format!("cannot build upstream URI: {e}")))?;
+        let uri = upstream_uri(target, &path_and_query)?;
         let mut out = Request::new(match (&buffered, body_once.take()) {
             (Some(bytes), _) => body::full(bytes.clone()),
             (None, Some(b)) => b,
@@ -329,7 +349,11 @@ async fn handle(
         *out.method_mut() = parts.method.clone();
         *out.uri_mut() = uri;
         *out.version_mut() = Version::HTTP_11;
-        *out.headers_mut() = headers.clone();
+        *out.headers_mut() = if attempt < attempts {
+            headers.clone().unwrap_or_default()
+        } else {
+            headers.take().unwrap_or_default()
+        };
 
         let guard = ActiveGuard::new(upstream, index);
         let result = tokio::time::timeout(head_timeout, upstream.client.request(out)).await;
@@ -361,7 +385,6 @@ async fn handle(
                 );
                 if can_retry && retry.on_status.contains(&u32::from(status)) && upstream.try_retry()
                 {
-                    metrics::counter!("sentinel_upstream_retries_total", "upstream" => upstream.name.clone()).increment(1);
                     backoff(retry.backoff_ms).await;
                     last_response = Some(resp);
                     continue;
@@ -379,7 +402,6 @@ async fn handle(
                     upstream.record(index, Outcome::Failure);
                 }
                 if can_retry && e.retryable() && upstream.try_retry() {
-                    metrics::counter!("sentinel_upstream_retries_total", "upstream" => upstream.name.clone()).increment(1);
                     backoff(retry.backoff_ms).await;
                     last_error = Some(e);
                     continue;
@@ -563,14 +585,13 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 fn upstream_headers(
-    incoming: &HeaderMap,
+    mut headers: HeaderMap,
     conn: &ConnInfo,
     host: &str,
     request_id: &HeaderValue,
     policies: &pb::RoutePolicies,
     upgrade: bool,
 ) -> HeaderMap {
-    let mut headers = incoming.clone();
     let upgrade_proto = headers.get(header::UPGRADE).cloned();
     strip_hop_by_hop(&mut headers);
     if let (true, Some(proto)) = (upgrade, upgrade_proto) {
@@ -582,12 +603,11 @@ fn upstream_headers(
     {
         headers.insert(header::HOST, v);
     }
-    let ip = conn.client.ip().to_string();
     let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {ip}"),
-        None => ip,
+        Some(prev) => HeaderValue::from_str(&format!("{prev}, {}", conn.client_ip)).ok(),
+        None => HeaderValue::from_str(&conn.client_ip).ok(),
     };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
+    if let Some(v) = xff {
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
     headers.insert(
@@ -654,8 +674,32 @@ fn hash_key_value(
 }
 
 fn new_request_id() -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let id: u128 = rand::rng().random();
-    HeaderValue::from_str(&format!("{id:032x}")).unwrap_or_else(|_| HeaderValue::from_static("-"))
+    let mut buf = [0u8; 32];
+    for (i, b) in buf.iter_mut().enumerate() {
+        *b = HEX[((id >> (124 - 4 * i)) & 0xf) as usize];
+    }
+    HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static("-"))
+}
+
+/// `http://{target}{path?query}` without re-parsing either part.
+fn upstream_uri(
+    target: &crate::upstream::Target,
+    pq: &http::uri::PathAndQuery,
+) -> Result<Uri, ProxyError> {
+    let Some(authority) = target.authority.clone() else {
+        return Err(ProxyError::Connect {
+            target: target.address.clone(),
+            reason: "not a valid host:port".into(),
+        });
+    };
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(http::uri::Scheme::HTTP);
+    parts.authority = Some(authority);
+    parts.path_and_query = Some(pq.clone());
+    Uri::from_parts(parts)
+        .map_err(|e| ProxyError::BadRequest(format!("cannot build upstream URI: {e}")))
 }
 
 fn rate_limit_headers(headers: &mut HeaderMap, d: &Decision) {
@@ -714,6 +758,7 @@ mod tests {
     fn forwarded_headers_are_added_and_appended() {
         let conn = ConnInfo {
             client: "10.1.2.3:5555".parse().unwrap(),
+            client_ip: "10.1.2.3".into(),
             listener: Arc::from("l"),
             tls: true,
             stop: None,
@@ -723,7 +768,7 @@ mod tests {
         incoming.insert(header::HOST, "example.com".parse().unwrap());
         let id = HeaderValue::from_static("abc");
         let h = upstream_headers(
-            &incoming,
+            incoming,
             &conn,
             "example.com",
             &id,

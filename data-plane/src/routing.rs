@@ -28,11 +28,43 @@ enum HostPattern {
     Suffix(String),
 }
 
+/// Metric handles of one route, created on first use so that recording a
+/// request costs no registry lookup and no label allocation.
+#[derive(Debug, Default)]
+pub struct RouteMetrics {
+    duration: std::sync::OnceLock<metrics::Histogram>,
+    statuses: [std::sync::OnceLock<metrics::Counter>; COMMON_STATUSES.len()],
+}
+
+const COMMON_STATUSES: [u16; 16] = [
+    200, 201, 204, 301, 302, 304, 400, 401, 403, 404, 413, 429, 500, 502, 503, 504,
+];
+
+impl RouteMetrics {
+    pub fn record(&self, route: &str, status: u16, seconds: f64) {
+        let counter = match COMMON_STATUSES.iter().position(|s| *s == status) {
+            Some(i) => self.statuses[i]
+                .get_or_init(|| {
+                    metrics::counter!("sentinel_requests_total", "route" => route.to_string(), "status" => status.to_string())
+                })
+                .clone(),
+            None => metrics::counter!("sentinel_requests_total", "route" => route.to_string(), "status" => status.to_string()),
+        };
+        counter.increment(1);
+        self.duration
+            .get_or_init(|| metrics::histogram!("sentinel_request_duration_seconds", "route" => route.to_string()))
+            .record(seconds);
+    }
+}
+
 /// One route, ready to match.
 #[derive(Debug)]
 pub struct RouteEntry {
     pub name: Arc<str>,
     pub resource: pb::Route,
+    /// Policies with defaults filled, borrowed by every request.
+    pub policies: pb::RoutePolicies,
+    pub metrics: RouteMetrics,
     path: PathMatch,
     hosts: Vec<HostPattern>,
     methods: Vec<Method>,
@@ -130,6 +162,8 @@ impl RouteEntry {
         Ok(Self {
             name: Arc::from(route.name.as_str()),
             resource: route.clone(),
+            policies: route.policies.clone().unwrap_or_default(),
+            metrics: RouteMetrics::default(),
             path,
             hosts,
             methods,

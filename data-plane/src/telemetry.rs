@@ -78,3 +78,16 @@ pub fn build_info(config_version: &str, previous: Option<&str>) {
     metrics::gauge!("sentinel_build_info", "version" => version, "config_version" => config_version.to_string())
         .set(1.0);
 }
+
+/// Histograms keep raw samples until aggregated; aggregate them regularly
+/// so memory stays bounded when nobody scrapes `/metrics`.
+pub fn spawn_upkeep() -> tokio::task::JoinHandle<()> {
+    let handle = metrics();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            handle.run_upkeep();
+        }
+    })
+}

@@ -42,6 +42,8 @@ pub struct TargetState {
 pub struct Target {
     /// Resolved `host:port`.
     pub address: String,
+    /// `address` parsed once, for building upstream URIs.
+    pub authority: Option<http::uri::Authority>,
     pub weight: u32,
     pub zone: String,
     pub state: Arc<TargetState>,
@@ -75,6 +77,9 @@ pub struct Upstream {
     passive_cfg: pb::PassiveHealth,
     pub health_cfg: pb::HealthCheck,
     pub max_connections: usize,
+    pub retry: pb::Retry,
+    pub timeouts: pb::Timeouts,
+    retries_counter: metrics::Counter,
     check_now: Arc<Notify>,
     checked: Arc<Notify>,
     checker: std::sync::OnceLock<tokio::task::AbortHandle>,
@@ -150,6 +155,7 @@ impl Upstream {
                     ("upstream", resource.name.clone()),
                     ("target", address.clone()),
                 ],
+                authority: address.parse().ok(),
                 address,
                 weight: t.weight,
                 zone: t.zone.clone(),
@@ -179,6 +185,9 @@ impl Upstream {
             breaker_cfg: resource.circuit_breaker.unwrap_or_default(),
             passive_cfg: resource.passive_health.unwrap_or_default(),
             max_connections: resource.connection_pool.unwrap_or_default().max_connections as usize,
+            retry: resource.retry.clone().unwrap_or_default(),
+            timeouts: resource.timeouts.unwrap_or_default(),
+            retries_counter: metrics::counter!("sentinel_upstream_retries_total", "upstream" => resource.name.clone()),
             health_cfg,
             check_now: Arc::new(Notify::new()),
             checked: Arc::new(Notify::new()),
@@ -273,13 +282,14 @@ impl Upstream {
 
     /// Claims a retry from the budget.
     pub fn try_retry(&self) -> bool {
-        let retry = self.resource.retry.clone().unwrap_or_default();
+        let retry = &self.retry;
         self.roll_budget();
         let requests = self.budget.requests.load(Ordering::Relaxed);
         let allowed = (requests * u64::from(retry.budget_percent) / 100)
             .max(u64::from(retry.min_retries_per_second));
         let used = self.budget.retries.fetch_add(1, Ordering::Relaxed);
         if used < allowed {
+            self.retries_counter.increment(1);
             return true;
         }
         self.budget.retries.fetch_sub(1, Ordering::Relaxed);
