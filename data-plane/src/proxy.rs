@@ -139,6 +139,7 @@ pub async fn serve(
             .map(|(u, i)| u.targets[i].address.as_str());
         tracing::info!(
             target: "sentinel::access",
+            kind = "access",
             request_id = request_id.to_str().unwrap_or("-"),
             client = %conn.client.ip(),
             listener = %conn.listener,
@@ -326,7 +327,7 @@ async fn handle(
                 if let Some(resp) = last_response.take() {
                     return Ok(finish_response(
                         resp,
-                        &policies,
+                        policies,
                         request_id,
                         client_upgrade,
                         parts.version,
@@ -391,7 +392,7 @@ async fn handle(
                 }
                 return Ok(finish_response(
                     resp,
-                    &policies,
+                    policies,
                     request_id,
                     client_upgrade,
                     parts.version,

@@ -50,6 +50,8 @@ pub fn metrics() -> PrometheusHandle {
 }
 
 /// Logging from `RUST_LOG` (wins) or the config's level, JSON or text.
+/// In JSON the event's own `target` field (the access log's upstream
+/// target) wins over the tracing target; access lines carry `kind=access`.
 pub fn init_logging(logging: Option<&pb::Logging>) {
     let level = logging
         .map(|l| l.level.as_str())
@@ -61,7 +63,11 @@ pub fn init_logging(logging: Option<&pb::Logging>) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     let result = if json {
-        builder.json().flatten_event(true).try_init()
+        builder
+            .json()
+            .flatten_event(true)
+            .with_target(false)
+            .try_init()
     } else {
         builder.try_init()
     };

@@ -383,3 +383,82 @@ async fn check_loop(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn upstream(extra: &str) -> Arc<Upstream> {
+        let doc = format!(
+            "upstreams {{ upstream \"u\" {{ target \"127.0.0.1:1\"; target \"127.0.0.1:2\"; {extra} }}; }}"
+        );
+        let s = sentinel_config::compile("t.kdl", &doc).unwrap_or_else(|d| panic!("{d}"));
+        let resolved = s.endpoints[0]
+            .targets
+            .iter()
+            .map(|t| t.address.clone())
+            .collect();
+        Upstream::build(
+            &s.upstreams[0],
+            &s.endpoints[0],
+            resolved,
+            String::new(),
+            None,
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retry_budget_caps_retries_per_second() {
+        let u = upstream("retry { attempts 3; budget-percent 10; min-retries-per-second 2; }");
+        for _ in 0..100 {
+            u.count_request();
+        }
+        // 10% of 100 requests.
+        let allowed = (0..50).filter(|_| u.try_retry()).count();
+        assert_eq!(allowed, 10);
+        // A new one-second window starts over at the floor.
+        tokio::time::advance(Duration::from_millis(1000)).await;
+        let allowed = (0..50).filter(|_| u.try_retry()).count();
+        assert_eq!(allowed, 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn target_state_survives_a_rebuild_by_address() {
+        let old = upstream("");
+        old.targets[0].state.requests.store(7, Ordering::Relaxed);
+        let doc =
+            "upstreams { upstream \"u\" { target \"127.0.0.1:1\"; target \"127.0.0.1:3\"; }; }";
+        let s = sentinel_config::compile("t.kdl", doc).unwrap();
+        let resolved = s.endpoints[0]
+            .targets
+            .iter()
+            .map(|t| t.address.clone())
+            .collect();
+        let new = Upstream::build(
+            &s.upstreams[0],
+            &s.endpoints[0],
+            resolved,
+            String::new(),
+            Some(&old),
+        );
+        assert_eq!(new.targets[0].state.requests.load(Ordering::Relaxed), 7);
+        assert_eq!(new.targets[1].state.requests.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn select_skips_open_breakers_and_fails_closed() {
+        let u = upstream("circuit-breaker { failure-threshold 1; }\nall-unhealthy \"fail-closed\"");
+        let ctx = PickContext {
+            client_ip: "127.0.0.1".parse().unwrap(),
+            hash_key: None,
+        };
+        u.record(0, Outcome::Failure);
+        for _ in 0..5 {
+            assert_eq!(u.select(&ctx, &[]).unwrap(), 1);
+        }
+        u.record(1, Outcome::Failure);
+        assert!(matches!(u.select(&ctx, &[]), Err(ProxyError::NoTarget(_))));
+    }
+}

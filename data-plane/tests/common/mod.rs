@@ -37,6 +37,8 @@ pub struct Backend {
     pub name: String,
     pub addr: SocketAddr,
     pub hits: Arc<AtomicUsize>,
+    /// Connections accepted.
+    pub connections: Arc<AtomicUsize>,
     /// Status for ordinary requests.
     pub status: Arc<AtomicU16>,
     /// Status for `/health`.
@@ -70,6 +72,8 @@ impl Backend {
         let delay_ms = Arc::new(AtomicU64::new(0));
         let methods = Arc::new(Mutex::new(HashMap::new()));
         let last_headers = Arc::new(Mutex::new(http::HeaderMap::new()));
+        let connections = Arc::new(AtomicUsize::new(0));
+        let _accepted = Arc::clone(&connections);
         let state = (
             name.to_string(),
             Arc::clone(&hits),
@@ -100,6 +104,7 @@ impl Backend {
             name: name.to_string(),
             addr,
             hits,
+            connections,
             status,
             health,
             delay_ms,
@@ -178,6 +183,10 @@ impl Sentinel {
     }
 
     pub fn spawn(config: &str) -> Sentinel {
+        Self::spawn_with_env(config, &[])
+    }
+
+    pub fn spawn_with_env(config: &str, env: &[(&str, &str)]) -> Sentinel {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sentinel.kdl");
         std::fs::write(&path, config).unwrap();
@@ -190,6 +199,7 @@ impl Sentinel {
             .arg(admin.to_string())
             .env("RUST_LOG", "info")
             .env("SENTINEL_WORKERS", "2")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
