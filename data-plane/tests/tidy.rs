@@ -22,13 +22,21 @@ fn every_metric_is_listed_and_documented() {
     let docs = std::fs::read_to_string(root.join("../docs/operations.md")).unwrap();
     let used: std::collections::BTreeSet<&str> = code
         .split('"')
-        .filter(|s| s.starts_with("sentinel_") && s.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
+        .filter(|s| {
+            s.starts_with("sentinel_") && s.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+        })
         .collect();
     assert!(used.len() >= 10, "found only {used:?}");
     for m in &used {
-        assert!(sentinel_proxy::telemetry::METRICS.contains(m), "{m} is registered but not in METRICS");
+        assert!(
+            sentinel_proxy::telemetry::METRICS.contains(m),
+            "{m} is registered but not in METRICS"
+        );
     }
     for m in sentinel_proxy::telemetry::METRICS {
-        assert!(docs.contains(&format!("`{m}`")), "{m} is not documented in docs/operations.md");
+        assert!(
+            docs.contains(&format!("`{m}`")),
+            "{m} is not documented in docs/operations.md"
+        );
     }
 }
