@@ -1,11 +1,102 @@
-//! `sentinel-cp`: the control plane. Not built yet: it says so and exits 2
-//! rather than pretend to run.
+//! `sentinel-cp`: parse flags, then run the control plane.
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// Sentinel control plane.
+#[derive(Parser, Debug)]
+#[command(name = "sentinel-cp", version, about, long_about = None)]
+struct Flags {
+    /// postgres://… or sqlite://…; default: sentinel-cp.db (SQLite) in the working directory.
+    #[arg(long, env = "DATABASE_URL", default_value = "")]
+    database_url: String,
+    /// Address of the gRPC stream proxies connect to.
+    #[arg(long, env = "SENTINEL_CP_GRPC_ADDR", default_value = "0.0.0.0:50051")]
+    grpc_addr: SocketAddr,
+    /// Address of the REST API.
+    #[arg(long, env = "SENTINEL_CP_API_ADDR", default_value = "0.0.0.0:8700")]
+    api_addr: SocketAddr,
+    /// PEM certificate for gRPC TLS.
+    #[arg(long, env = "SENTINEL_CP_GRPC_TLS_CERT", requires = "grpc_tls_key")]
+    grpc_tls_cert: Option<PathBuf>,
+    /// PEM key for gRPC TLS.
+    #[arg(long, env = "SENTINEL_CP_GRPC_TLS_KEY", requires = "grpc_tls_cert")]
+    grpc_tls_key: Option<PathBuf>,
+    /// Require proxies to present a client certificate signed by this CA (mTLS).
+    #[arg(long, env = "SENTINEL_CP_GRPC_CLIENT_CA")]
+    grpc_client_ca: Option<PathBuf>,
+    /// PEM certificate for the REST API.
+    #[arg(long, env = "SENTINEL_CP_API_TLS_CERT", requires = "api_tls_key")]
+    api_tls_cert: Option<PathBuf>,
+    /// PEM key for the REST API.
+    #[arg(long, env = "SENTINEL_CP_API_TLS_KEY", requires = "api_tls_cert")]
+    api_tls_key: Option<PathBuf>,
+    /// Region of this replica.
+    #[arg(long, env = "SENTINEL_CP_REGION", default_value = "default")]
+    region: String,
+    /// Name of this replica (default: host name and process id).
+    #[arg(long, env = "SENTINEL_CP_REPLICA")]
+    replica: Option<String>,
+    /// Admin API token created on start if absent.
+    #[arg(long, env = "SENTINEL_CP_BOOTSTRAP_TOKEN", hide_env_values = true)]
+    bootstrap_token: Option<String>,
+    /// Seconds between keepalive messages on idle streams.
+    #[arg(long, env = "SENTINEL_CP_KEEPALIVE_SECS", default_value_t = 15)]
+    keepalive_secs: u64,
+    /// Seconds between polls of the active version (catches missed notifications).
+    #[arg(long, env = "SENTINEL_CP_POLL_SECS", default_value_t = 2)]
+    poll_secs: u64,
+    /// A target is unhealthy fleet-wide when at least this percent of reporting proxies say so.
+    #[arg(long, env = "SENTINEL_CP_HEALTH_QUORUM_PERCENT", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=100))]
+    health_quorum_percent: u32,
+}
 
 fn main() -> ExitCode {
-    eprintln!(
-        "error: sentinel-cp is not built yet (see the control-plane issue); nothing was started"
-    );
-    ExitCode::from(2)
+    let flags = Flags::parse();
+    sentinel_cp::telemetry::init_logging();
+    let replica = flags.replica.unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/etc/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_default();
+        format!(
+            "{}-{}",
+            if host.is_empty() { "cp" } else { &host },
+            std::process::id()
+        )
+    });
+    let settings = sentinel_cp::server::Settings {
+        database_url: flags.database_url,
+        grpc_addr: flags.grpc_addr,
+        api_addr: flags.api_addr,
+        grpc_tls: flags.grpc_tls_cert.zip(flags.grpc_tls_key),
+        grpc_client_ca: flags.grpc_client_ca,
+        api_tls: flags.api_tls_cert.zip(flags.api_tls_key),
+        region: flags.region,
+        replica,
+        bootstrap_token: flags.bootstrap_token,
+        keepalive: Duration::from_secs(flags.keepalive_secs.max(1)),
+        poll: Duration::from_secs(flags.poll_secs.max(1)),
+        health_quorum_percent: flags.health_quorum_percent,
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(sentinel_cp::server::run(settings)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
 }

@@ -1,0 +1,168 @@
+//! The fleet as this replica sees it: the active configuration (encoded
+//! once, shared by every stream), change notification to sessions, and the
+//! latest health report of each connected proxy.
+//!
+//! The active configuration is loaded from the store at start, after every
+//! apply or rollback on this replica, on a PostgreSQL notification from
+//! another replica, and by a periodic poll that catches a missed
+//! notification. Sessions watch it; a change wakes every session once.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use sentinel_proto as pb;
+use tokio::sync::watch;
+
+use crate::store::{Store, StoreError};
+
+/// The active configuration, ready to stream.
+#[derive(Debug)]
+pub struct ActiveConfig {
+    /// 0 before the first apply.
+    pub number: i64,
+    pub hash: String,
+    /// Sorted by (type, name); bodies are shared `Bytes`.
+    pub resources: Vec<pb::Resource>,
+    pub index: HashMap<(i32, String), usize>,
+    /// When this replica learnt about it (convergence is measured from here).
+    pub activated: Instant,
+}
+
+impl ActiveConfig {
+    pub fn empty() -> Self {
+        Self {
+            number: 0,
+            hash: String::new(),
+            resources: Vec::new(),
+            index: HashMap::new(),
+            activated: Instant::now(),
+        }
+    }
+
+    pub fn new(number: i64, resources: Vec<pb::Resource>) -> Self {
+        let hash = sentinel_config::config_hash(
+            resources
+                .iter()
+                .map(|r| (r.r#type, r.name.as_str(), r.version.as_str())),
+        );
+        let index = resources
+            .iter()
+            .enumerate()
+            .map(|(i, r)| ((r.r#type, r.name.clone()), i))
+            .collect();
+        Self {
+            number,
+            hash,
+            resources,
+            index,
+            activated: Instant::now(),
+        }
+    }
+
+    pub fn version_of(&self, kind: i32, name: &str) -> Option<&str> {
+        self.index
+            .get(&(kind, name.to_string()))
+            .map(|i| self.resources[*i].version.as_str())
+    }
+}
+
+/// One proxy's last health report.
+#[derive(Debug, Clone)]
+pub struct Reported {
+    pub region: String,
+    pub targets: Vec<pb::TargetHealthReport>,
+    pub at_unix_ms: i64,
+}
+
+pub struct Fleet {
+    pub store: Store,
+    pub replica: String,
+    pub region: String,
+    active: watch::Sender<Arc<ActiveConfig>>,
+    refresh_lock: tokio::sync::Mutex<()>,
+    health: Mutex<HashMap<String, Reported>>,
+    /// Sessions by node id, with the region (for metrics and status).
+    pub sessions: Mutex<HashMap<String, String>>,
+}
+
+impl Fleet {
+    pub fn new(store: Store, replica: String, region: String) -> Arc<Fleet> {
+        let (active, _) = watch::channel(Arc::new(ActiveConfig::empty()));
+        Arc::new(Fleet {
+            store,
+            replica,
+            region,
+            active,
+            refresh_lock: tokio::sync::Mutex::new(()),
+            health: Mutex::new(HashMap::new()),
+            sessions: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn current(&self) -> Arc<ActiveConfig> {
+        self.active.borrow().clone()
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<Arc<ActiveConfig>> {
+        self.active.subscribe()
+    }
+
+    /// Reloads the active version from the store; returns whether it changed.
+    pub async fn refresh(&self) -> Result<bool, StoreError> {
+        let _one = self.refresh_lock.lock().await;
+        let Some(stored) = self.store.active().await? else {
+            return Ok(false);
+        };
+        let current = self.current();
+        let mut resources = stored.resources;
+        resources.sort_by(|a, b| (a.r#type, &a.name).cmp(&(b.r#type, &b.name)));
+        let next = ActiveConfig::new(stored.record.number, resources);
+        if next.number == current.number && next.hash == current.hash {
+            return Ok(false);
+        }
+        tracing::info!(version = next.number, hash = %&next.hash[..12.min(next.hash.len())], "active configuration changed");
+        self.active.send_replace(Arc::new(next));
+        Ok(true)
+    }
+
+    pub fn report_health(&self, node: &str, region: &str, targets: Vec<pb::TargetHealthReport>) {
+        if let Ok(mut h) = self.health.lock() {
+            h.insert(
+                node.to_string(),
+                Reported {
+                    region: region.to_string(),
+                    targets,
+                    at_unix_ms: crate::store::now_ms(),
+                },
+            );
+        }
+    }
+
+    pub fn forget_health(&self, node: &str) {
+        if let Ok(mut h) = self.health.lock() {
+            h.remove(node);
+        }
+    }
+
+    pub fn health_reports(&self) -> HashMap<String, Reported> {
+        self.health.lock().map(|h| h.clone()).unwrap_or_default()
+    }
+
+    pub fn session_started(&self, node: &str, region: &str) -> bool {
+        let Ok(mut s) = self.sessions.lock() else {
+            return false;
+        };
+        let fresh = s.insert(node.to_string(), region.to_string()).is_none();
+        crate::telemetry::connected(&s);
+        fresh
+    }
+
+    pub fn session_ended(&self, node: &str) {
+        if let Ok(mut s) = self.sessions.lock() {
+            s.remove(node);
+            crate::telemetry::connected(&s);
+        }
+        self.forget_health(node);
+    }
+}
