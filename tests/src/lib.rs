@@ -1,1 +1,376 @@
+//! The end-to-end harness: real servers as child processes on free loopback
+//! ports, with their logs kept in files and printed when a test fails.
+//!
+//! - [`Postgres`]: a throwaway PostgreSQL cluster (initdb in a temp dir,
+//!   started from the system's binaries, stoppable and restartable for
+//!   fault tests);
+//! - [`ControlPlane`]: a `sentinel-cp` process;
+//! - [`free_port`], [`wait_for`]: small helpers.
+//!
+//! Binaries are passed in by path (`env!("CARGO_BIN_EXE_…")` in the crate
+//! that owns them, or [`workspace_bin`] for the top-level scenarios).
 
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .map(|l| l.local_addr().map(|a| a.port()).unwrap_or(0))
+        .unwrap_or(0)
+}
+
+pub fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// Polls `check` every 20 ms until it is true or `timeout` passes.
+pub async fn wait_for<F, Fut>(timeout: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A binary of this workspace, built by `cargo build --workspace --bins`
+/// (the test command does that first).
+pub fn workspace_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    // target/debug/deps/test-binary → target/debug/NAME
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first",
+        path.display()
+    );
+    path
+}
+
+fn find_pg_bin() -> PathBuf {
+    let mut candidates: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.path().join("bin"))
+                .collect()
+        })
+        .unwrap_or_default();
+    candidates.sort();
+    candidates
+        .into_iter()
+        .rev()
+        .find(|p| p.join("initdb").exists())
+        .expect("PostgreSQL server binaries not found under /usr/lib/postgresql/*/bin (scripts/test installs them)")
+}
+
+/// Runs a PostgreSQL binary as an unprivileged user when we are root.
+fn pg_command(bin: &Path, as_user: Option<&str>) -> Command {
+    match as_user {
+        Some(user) => {
+            let mut c = Command::new("runuser");
+            c.arg("-u").arg(user).arg("--").arg(bin);
+            c
+        }
+        None => Command::new(bin),
+    }
+}
+
+/// A throwaway PostgreSQL cluster on a free loopback port.
+pub struct Postgres {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    user: Option<String>,
+    child: Option<Child>,
+}
+
+impl Postgres {
+    pub fn start() -> Postgres {
+        let bin = find_pg_bin();
+        let dir = tempfile::Builder::new()
+            .prefix("sentinel-pg-")
+            .tempdir()
+            .expect("temp dir");
+        let root = std::process::Command::new("id")
+            .arg("-u")
+            .output()
+            .map(|o| o.stdout == b"0\n")
+            .unwrap_or(false);
+        let user = root.then(|| "postgres".to_string());
+        if let Some(u) = &user {
+            let ok = Command::new("chown")
+                .arg("-R")
+                .arg(u)
+                .arg(dir.path())
+                .status()
+                .map(|s| s.success());
+            assert_eq!(
+                ok.ok(),
+                Some(true),
+                "cannot chown the PostgreSQL data dir to {u}"
+            );
+        }
+        let data = dir.path().join("data");
+        let out = pg_command(&bin.join("initdb"), user.as_deref())
+            .arg("-D")
+            .arg(&data)
+            .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"])
+            .output()
+            .expect("run initdb");
+        assert!(
+            out.status.success(),
+            "initdb failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut pg = Postgres {
+            port: free_port(),
+            dir,
+            bin,
+            user,
+            child: None,
+        };
+        pg.start_server();
+        pg
+    }
+
+    fn start_server(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("postgres.log"))
+            .expect("postgres log");
+        let child = pg_command(&self.bin.join("postgres"), self.user.as_deref())
+            .arg("-D")
+            .arg(self.dir.path().join("data"))
+            .arg("-p")
+            .arg(self.port.to_string())
+            .arg("-k")
+            .arg(self.dir.path())
+            .args([
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                "fsync=off",
+                "-c",
+                "max_connections=200",
+            ])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start postgres");
+        self.child = Some(child);
+        for _ in 0..300 {
+            let ready = Command::new(self.bin.join("pg_isready"))
+                .args([
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &self.port.to_string(),
+                    "-U",
+                    "postgres",
+                ])
+                .stdout(Stdio::null())
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+            if ready {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("PostgreSQL did not start:\n{}", self.logs());
+    }
+
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// Stops the server (fast shutdown): clients see it as unavailable.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // Signal the postmaster itself (runuser does not forward signals).
+            let _ = pg_command(&self.bin.join("pg_ctl"), self.user.as_deref())
+                .arg("-D")
+                .arg(self.dir.path().join("data"))
+                .args(["-m", "immediate", "-w", "-t", "20", "stop"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port and data.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.start_server();
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("postgres.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A `sentinel-cp` process with its API and gRPC addresses.
+pub struct ControlPlane {
+    pub api: SocketAddr,
+    pub grpc: SocketAddr,
+    pub token: String,
+    child: Option<Child>,
+    bin: PathBuf,
+    args: Vec<String>,
+    pub dir: tempfile::TempDir,
+    log: PathBuf,
+}
+
+pub const BOOTSTRAP_TOKEN: &str = "test-bootstrap-token";
+
+impl ControlPlane {
+    /// Starts `bin` on `database_url` (empty: SQLite in a temp dir) and
+    /// waits for `/healthz`.
+    pub async fn start(bin: &Path, database_url: &str, extra: &[&str]) -> ControlPlane {
+        let dir = tempfile::Builder::new()
+            .prefix("sentinel-cp-")
+            .tempdir()
+            .expect("temp dir");
+        let db = if database_url.is_empty() {
+            format!("sqlite://{}?mode=rwc", dir.path().join("cp.db").display())
+        } else {
+            database_url.to_string()
+        };
+        let api = loopback(free_port());
+        let grpc = loopback(free_port());
+        let mut args = vec![
+            "--database-url".to_string(),
+            db,
+            "--api-addr".to_string(),
+            api.to_string(),
+            "--grpc-addr".to_string(),
+            grpc.to_string(),
+            "--bootstrap-token".to_string(),
+            BOOTSTRAP_TOKEN.to_string(),
+            "--poll-secs".to_string(),
+            "1".to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let log = dir.path().join("cp.log");
+        let mut cp = ControlPlane {
+            api,
+            grpc,
+            token: BOOTSTRAP_TOKEN.to_string(),
+            child: None,
+            bin: bin.to_path_buf(),
+            args,
+            dir,
+            log,
+        };
+        cp.spawn().await;
+        cp
+    }
+
+    async fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("cp log");
+        let child = Command::new(&self.bin)
+            .args(&self.args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start sentinel-cp");
+        self.child = Some(child);
+        let url = format!("http://{}/healthz", self.api);
+        let up = wait_for(Duration::from_secs(15), || {
+            let url = url.clone();
+            async move {
+                tokio::net::TcpStream::connect(
+                    url.trim_start_matches("http://")
+                        .trim_end_matches("/healthz"),
+                )
+                .await
+                .is_ok()
+            }
+        })
+        .await;
+        assert!(up, "sentinel-cp did not start:\n{}", self.logs());
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.api)
+    }
+
+    pub fn grpc_url(&self) -> String {
+        format!("http://{}", self.grpc)
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// SIGKILL: the control plane dies without closing anything.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait; returns the exit code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        let mut c = self.child.take()?;
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(c.id().to_string())
+            .status();
+        c.wait().ok().and_then(|s| s.code())
+    }
+
+    /// Starts the same process again (same ports, same database).
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.spawn().await;
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!(
+                "---- sentinel-cp log ({}) ----\n{}\n---- end ----",
+                self.api,
+                self.logs()
+            );
+        }
+    }
+}

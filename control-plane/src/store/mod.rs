@@ -365,8 +365,41 @@ impl Store {
     pub async fn apply(&self, new: NewVersion) -> Result<ApplyOutcome> {
         let _serial = self.writer.lock().await;
         let mut tx = self.pool.begin().await?;
-        self.lock_writers(&mut tx).await?;
-        let active = self.active_in(&mut tx).await?;
+        let result = self.apply_in(&mut tx, new).await;
+        Self::finish(tx, result, |o| matches!(o, ApplyOutcome::Created { .. })).await
+    }
+
+    /// Commits when `commit(result)` says so, otherwise rolls back at once:
+    /// a transaction left to roll back "on drop" would hold PostgreSQL's
+    /// advisory lock until its connection happens to be reused.
+    async fn finish<T>(
+        tx: sqlx::Transaction<'_, sqlx::Any>,
+        result: Result<T>,
+        commit: impl Fn(&T) -> bool,
+    ) -> Result<T> {
+        match result {
+            Ok(v) if commit(&v) => {
+                tx.commit().await?;
+                Ok(v)
+            }
+            Ok(v) => {
+                tx.rollback().await?;
+                Ok(v)
+            }
+            Err(e) => {
+                let _ = tx.rollback().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn apply_in(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        new: NewVersion,
+    ) -> Result<ApplyOutcome> {
+        self.lock_writers(tx).await?;
+        let active = self.active_in(tx).await?;
         let active_number = active.as_ref().map(|a| a.number);
         if let Some(expected) = new.expect_version {
             if active_number != Some(expected) {
@@ -382,7 +415,7 @@ impl Store {
             }
         }
         let max: Option<i64> = sqlx::query("SELECT MAX(number) AS n FROM config_versions")
-            .fetch_one(&mut *tx)
+            .fetch_one(&mut **tx)
             .await?
             .try_get("n")?;
         let number = max.unwrap_or(0) + 1;
@@ -399,7 +432,7 @@ impl Store {
         .bind(&new.author)
         .bind(&new.message)
         .bind(now)
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?;
         sqlx::query(
             "INSERT INTO activations (kind, from_version, to_version, actor, message, at) VALUES ($1, $2, $3, $4, $5, $6)",
@@ -410,17 +443,16 @@ impl Store {
         .bind(&new.author)
         .bind(&new.message)
         .bind(now)
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?;
         Self::audit(
-            &mut tx,
+            tx,
             &new.author,
             "apply",
             &format!("version {number} ({})", new.hash),
         )
         .await?;
-        self.notify(&mut tx, number).await?;
-        tx.commit().await?;
+        self.notify(tx, number).await?;
         Ok(ApplyOutcome::Created {
             version: number,
             previous: active_number,
@@ -437,11 +469,22 @@ impl Store {
     ) -> Result<(i64, i64)> {
         let _serial = self.writer.lock().await;
         let mut tx = self.pool.begin().await?;
-        self.lock_writers(&mut tx).await?;
+        let result = self.rollback_in(&mut tx, to, actor, message).await;
+        Self::finish(tx, result, |_| true).await
+    }
+
+    async fn rollback_in(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        to: Option<i64>,
+        actor: &str,
+        message: &str,
+    ) -> Result<(i64, i64)> {
+        self.lock_writers(tx).await?;
         let last = sqlx::query(
             "SELECT id, kind, from_version, to_version, actor, message, at FROM activations ORDER BY id DESC LIMIT 1",
         )
-        .fetch_optional(&mut *tx)
+        .fetch_optional(&mut **tx)
         .await?;
         let Some(last) = last.as_ref().map(activation).transpose()? else {
             return Err(StoreError::Conflict(
@@ -459,7 +502,7 @@ impl Store {
         };
         let exists = sqlx::query("SELECT number FROM config_versions WHERE number = $1")
             .bind(target)
-            .fetch_optional(&mut *tx)
+            .fetch_optional(&mut **tx)
             .await?;
         if exists.is_none() {
             return Err(StoreError::NotFound(format!(
@@ -480,11 +523,10 @@ impl Store {
         .bind(actor)
         .bind(message)
         .bind(now_ms())
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?;
-        Self::audit(&mut tx, actor, "rollback", &format!("{from} -> {target}")).await?;
-        self.notify(&mut tx, target).await?;
-        tx.commit().await?;
+        Self::audit(tx, actor, "rollback", &format!("{from} -> {target}")).await?;
+        self.notify(tx, target).await?;
         Ok((from, target))
     }
 
