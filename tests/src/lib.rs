@@ -149,6 +149,9 @@ impl Postgres {
         pg
     }
 
+    // Synchronous on purpose: tests call it before their async work starts,
+    // and fault tests need the server up when it returns.
+    #[allow(clippy::disallowed_methods)]
     fn start_server(&mut self) {
         let log = std::fs::OpenOptions::new()
             .create(true)

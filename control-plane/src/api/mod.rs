@@ -59,6 +59,8 @@ pub fn router(fleet: Arc<Fleet>, health_quorum_percent: u32) -> Router {
         .route("/v1/status", get(fleet::status))
         .route("/v1/health", get(fleet::health))
         .route("/v1/tokens", post(fleet::create_token))
+        // Large fleets have large configs (a 10k-route file is several MiB).
+        .layer(axum::extract::DefaultBodyLimit::max(64 * 1024 * 1024))
         .with_state(api)
 }
 

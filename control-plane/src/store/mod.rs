@@ -401,18 +401,18 @@ impl Store {
         self.lock_writers(tx).await?;
         let active = self.active_in(tx).await?;
         let active_number = active.as_ref().map(|a| a.number);
-        if let Some(expected) = new.expect_version {
-            if active_number != Some(expected) {
-                return Err(StoreError::Conflict(format!(
-                    "the active version is {}, not {expected}; fetch it and retry",
-                    active_number.map_or("none".to_string(), |n| n.to_string())
-                )));
-            }
+        if let Some(expected) = new.expect_version
+            && active_number != Some(expected)
+        {
+            return Err(StoreError::Conflict(format!(
+                "the active version is {}, not {expected}; fetch it and retry",
+                active_number.map_or("none".to_string(), |n| n.to_string())
+            )));
         }
-        if let Some(a) = &active {
-            if a.hash == new.hash {
-                return Ok(ApplyOutcome::Unchanged { version: a.number });
-            }
+        if let Some(a) = &active
+            && a.hash == new.hash
+        {
+            return Ok(ApplyOutcome::Unchanged { version: a.number });
         }
         let max: Option<i64> = sqlx::query("SELECT MAX(number) AS n FROM config_versions")
             .fetch_one(&mut **tx)
