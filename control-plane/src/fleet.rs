@@ -75,7 +75,30 @@ pub struct Reported {
     pub at_unix_ms: i64,
 }
 
+/// A change of a node's state, written to the store in the background so
+/// that streams never wait for the database (and keep working without it).
+#[derive(Debug, Clone)]
+pub enum NodeUpdate {
+    Connected(pb::Node),
+    Disconnected(String),
+    Ack {
+        id: String,
+        version: i64,
+        hash: String,
+    },
+    Nack {
+        id: String,
+        version: i64,
+        resource: String,
+        error: String,
+    },
+}
+
 pub struct Fleet {
+    updates: tokio::sync::mpsc::UnboundedSender<NodeUpdate>,
+    /// Deltas between two configurations, computed once for every session
+    /// that holds the first and needs the second.
+    deltas: Mutex<HashMap<(String, String), Arc<crate::stream::Delta>>>,
     pub store: Store,
     pub replica: String,
     pub region: String,
@@ -89,7 +112,11 @@ pub struct Fleet {
 impl Fleet {
     pub fn new(store: Store, replica: String, region: String) -> Arc<Fleet> {
         let (active, _) = watch::channel(Arc::new(ActiveConfig::empty()));
+        let (updates, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(write_updates(store.clone(), replica.clone(), rx));
         Arc::new(Fleet {
+            updates,
+            deltas: Mutex::new(HashMap::new()),
             store,
             replica,
             region,
@@ -124,6 +151,35 @@ impl Fleet {
         tracing::info!(version = next.number, hash = %&next.hash[..12.min(next.hash.len())], "active configuration changed");
         self.active.send_replace(Arc::new(next));
         Ok(true)
+    }
+
+    /// Queues a node-state change for the store.
+    pub fn record(&self, update: NodeUpdate) {
+        let _ = self.updates.send(update);
+    }
+
+    /// The delta from `from` to `to`, shared by all sessions.
+    pub fn delta_between(
+        &self,
+        from: &ActiveConfig,
+        to: &ActiveConfig,
+    ) -> Arc<crate::stream::Delta> {
+        let key = (from.hash.clone(), to.hash.clone());
+        if let Some(d) = self.deltas.lock().ok().and_then(|m| m.get(&key).cloned()) {
+            return d;
+        }
+        let held = from
+            .resources
+            .iter()
+            .map(|r| (r.r#type, r.name.as_str(), r.version.as_str()));
+        let d = Arc::new(crate::stream::delta(held, to));
+        if let Ok(mut m) = self.deltas.lock() {
+            if m.len() >= 64 {
+                m.clear();
+            }
+            m.insert(key, Arc::clone(&d));
+        }
+        d
     }
 
     pub fn report_health(&self, node: &str, region: &str, targets: Vec<pb::TargetHealthReport>) {
@@ -164,5 +220,36 @@ impl Fleet {
             crate::telemetry::connected(&s);
         }
         self.forget_health(node);
+    }
+}
+
+/// Writes queued node updates in batches (one transaction each). A batch
+/// that fails (database down) is retried until it is written.
+async fn write_updates(
+    store: Store,
+    replica: String,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<NodeUpdate>,
+) {
+    let mut batch: Vec<NodeUpdate> = Vec::new();
+    loop {
+        if batch.is_empty() {
+            match rx.recv().await {
+                Some(u) => batch.push(u),
+                None => return,
+            }
+        }
+        while batch.len() < 2000 {
+            match rx.try_recv() {
+                Ok(u) => batch.push(u),
+                Err(_) => break,
+            }
+        }
+        match store.write_node_updates(&batch, &replica).await {
+            Ok(()) => batch.clear(),
+            Err(e) => {
+                tracing::warn!(error = %e, pending = batch.len(), "cannot record node state; will retry");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        }
     }
 }

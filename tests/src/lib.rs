@@ -63,6 +63,20 @@ pub fn workspace_bin(name: &str) -> PathBuf {
     path
 }
 
+/// A binary of this workspace in `target/PROFILE` (for tools that run from
+/// `target/PROFILE/` themselves, like the benchmarks).
+pub fn workspace_bin_in(profile: &str, name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    let target = exe
+        .ancestors()
+        .find(|p| p.file_name().is_some_and(|n| n == "target"))
+        .map(Path::to_path_buf);
+    target
+        .unwrap_or_else(|| PathBuf::from("target"))
+        .join(profile)
+        .join(name)
+}
+
 fn find_pg_bin() -> PathBuf {
     let mut candidates: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
         .map(|d| {

@@ -582,62 +582,109 @@ impl Store {
         rows.iter().map(activation).collect()
     }
 
-    pub async fn node_connected(&self, node: &pb::Node, replica: &str) -> Result<()> {
+    /// Applies node updates in order, in one transaction.
+    pub async fn write_node_updates(
+        &self,
+        updates: &[crate::fleet::NodeUpdate],
+        replica: &str,
+    ) -> Result<()> {
+        use crate::fleet::NodeUpdate as U;
+        let mut tx = self.pool.begin().await?;
         let now = now_ms();
-        let updated = sqlx::query(
-            "UPDATE nodes SET region = $1, zone = $2, build_version = $3, replica = $4, connected = 1, last_seen = $5 \
-             WHERE id = $6",
-        )
-        .bind(&node.region)
-        .bind(&node.zone)
-        .bind(&node.build_version)
-        .bind(replica)
-        .bind(now)
-        .bind(&node.id)
-        .execute(&self.pool)
-        .await?;
-        if updated.rows_affected() == 0 {
-            sqlx::query(
-                "INSERT INTO nodes (id, region, zone, build_version, replica, connected, last_seen) \
-                 VALUES ($1, $2, $3, $4, $5, 1, $6)",
-            )
-            .bind(&node.id)
-            .bind(&node.region)
-            .bind(&node.zone)
-            .bind(&node.build_version)
-            .bind(replica)
-            .bind(now)
-            .execute(&self.pool)
-            .await?;
+        for u in updates {
+            match u {
+                U::Connected(node) => {
+                    let updated = sqlx::query(
+                        "UPDATE nodes SET region = $1, zone = $2, build_version = $3, replica = $4, connected = 1, last_seen = $5 WHERE id = $6",
+                    )
+                    .bind(&node.region)
+                    .bind(&node.zone)
+                    .bind(&node.build_version)
+                    .bind(replica)
+                    .bind(now)
+                    .bind(&node.id)
+                    .execute(&mut *tx)
+                    .await?;
+                    if updated.rows_affected() == 0 {
+                        sqlx::query(
+                            "INSERT INTO nodes (id, region, zone, build_version, replica, connected, last_seen) VALUES ($1, $2, $3, $4, $5, 1, $6)",
+                        )
+                        .bind(&node.id)
+                        .bind(&node.region)
+                        .bind(&node.zone)
+                        .bind(&node.build_version)
+                        .bind(replica)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                }
+                U::Disconnected(id) => {
+                    sqlx::query("UPDATE nodes SET connected = 0, last_seen = $1 WHERE id = $2 AND replica = $3")
+                        .bind(now)
+                        .bind(id)
+                        .bind(replica)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                U::Ack { id, version, hash } => {
+                    sqlx::query("UPDATE nodes SET acked_version = $1, acked_hash = $2, last_seen = $3 WHERE id = $4")
+                        .bind(*version)
+                        .bind(hash)
+                        .bind(now)
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                U::Nack {
+                    id,
+                    version,
+                    resource,
+                    error,
+                } => {
+                    sqlx::query(
+                        "UPDATE nodes SET nack_version = $1, nack_resource = $2, nack_error = $3, nack_at = $4, last_seen = $5 WHERE id = $6",
+                    )
+                    .bind(*version)
+                    .bind(resource)
+                    .bind(error)
+                    .bind(now)
+                    .bind(now)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+            }
         }
+        tx.commit().await?;
         Ok(())
     }
 
-    pub async fn node_disconnected(&self, id: &str, replica: &str) -> Result<()> {
-        // Only the replica holding the session may mark it gone: the node may
-        // already have reconnected to another replica.
-        sqlx::query(
-            "UPDATE nodes SET connected = 0, last_seen = $1 WHERE id = $2 AND replica = $3",
+    pub async fn node_connected(&self, node: &pb::Node, replica: &str) -> Result<()> {
+        self.write_node_updates(
+            &[crate::fleet::NodeUpdate::Connected(node.clone())],
+            replica,
         )
-        .bind(now_ms())
-        .bind(id)
-        .bind(replica)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        .await
+    }
+
+    /// Only the replica holding the session may mark it gone: the node may
+    /// already have reconnected to another replica.
+    pub async fn node_disconnected(&self, id: &str, replica: &str) -> Result<()> {
+        self.write_node_updates(
+            &[crate::fleet::NodeUpdate::Disconnected(id.to_string())],
+            replica,
+        )
+        .await
     }
 
     pub async fn record_ack(&self, id: &str, version: i64, hash: &str) -> Result<()> {
-        sqlx::query(
-            "UPDATE nodes SET acked_version = $1, acked_hash = $2, last_seen = $3 WHERE id = $4",
-        )
-        .bind(version)
-        .bind(hash)
-        .bind(now_ms())
-        .bind(id)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        let u = crate::fleet::NodeUpdate::Ack {
+            id: id.to_string(),
+            version,
+            hash: hash.to_string(),
+        };
+        self.write_node_updates(&[u], "").await
     }
 
     pub async fn record_nack(
@@ -647,20 +694,13 @@ impl Store {
         resource: &str,
         error: &str,
     ) -> Result<()> {
-        let now = now_ms();
-        sqlx::query(
-            "UPDATE nodes SET nack_version = $1, nack_resource = $2, nack_error = $3, nack_at = $4, last_seen = $5 \
-             WHERE id = $6",
-        )
-        .bind(version)
-        .bind(resource)
-        .bind(error)
-        .bind(now)
-        .bind(now)
-        .bind(id)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        let u = crate::fleet::NodeUpdate::Nack {
+            id: id.to_string(),
+            version,
+            resource: resource.to_string(),
+            error: error.to_string(),
+        };
+        self.write_node_updates(&[u], "").await
     }
 
     pub async fn nodes(&self) -> Result<Vec<NodeRecord>> {

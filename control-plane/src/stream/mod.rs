@@ -10,7 +10,6 @@
 //! below the gRPC message limit; resource bodies are the shared encoded
 //! bytes of the active configuration, never re-encoded per stream.
 
-use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,7 +21,7 @@ use sentinel_proto::config_stream_server::ConfigStream;
 use tokio::sync::{mpsc, watch};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::fleet::{ActiveConfig, Fleet};
+use crate::fleet::{ActiveConfig, Fleet, NodeUpdate};
 
 /// Encoded resource bytes per response chunk (gRPC's default limit is 4 MiB).
 pub const CHUNK_BYTES: usize = 2 * 1024 * 1024;
@@ -39,7 +38,16 @@ pub struct StreamService {
     pub shutdown: watch::Receiver<bool>,
 }
 
-type Held = HashMap<(i32, String), String>;
+/// What a proxy holds.
+#[derive(Debug, Clone)]
+pub enum Held {
+    /// Exactly a configuration this replica activated (after an ACK, or a
+    /// hello naming the active hash): deltas from it are computed once and
+    /// shared by every session in the same position.
+    Config(Arc<ActiveConfig>),
+    /// An arbitrary set from a hello, sorted by (type, name).
+    Versions(Vec<pb::ResourceVersion>),
+}
 
 /// What one response changes relative to what the proxy holds.
 #[derive(Debug, Default)]
@@ -48,38 +56,77 @@ pub struct Delta {
     pub removed: Vec<pb::ResourceRef>,
 }
 
+impl Delta {
+    pub fn is_empty(&self) -> bool {
+        self.resources.is_empty() && self.removed.is_empty()
+    }
+}
+
 /// Resources of `active` the proxy does not hold at that version, and names
-/// it holds that are gone.
-pub fn delta(active: &ActiveConfig, held: &Held) -> Delta {
-    let resources = active
-        .resources
-        .iter()
-        .filter(|r| held.get(&(r.r#type, r.name.clone())) != Some(&r.version))
-        .cloned()
-        .collect();
-    let mut removed: Vec<pb::ResourceRef> = held
-        .keys()
-        .filter(|k| !active.index.contains_key(*k))
-        .map(|(t, n)| pb::ResourceRef {
-            r#type: *t,
-            name: n.clone(),
-        })
-        .collect();
-    removed.sort_by(|a, b| (a.r#type, &a.name).cmp(&(b.r#type, &b.name)));
-    Delta { resources, removed }
+/// it holds that are gone. Both sides are sorted by (type, name), so this is
+/// one merge pass without allocation per lookup.
+pub fn delta<'a>(
+    held: impl Iterator<Item = (i32, &'a str, &'a str)>,
+    active: &ActiveConfig,
+) -> Delta {
+    let mut out = Delta::default();
+    let mut held = held.peekable();
+    for r in &active.resources {
+        let key = (r.r#type, r.name.as_str());
+        loop {
+            match held.peek() {
+                Some(h) if (h.0, h.1) < key => {
+                    out.removed.push(pb::ResourceRef {
+                        r#type: h.0,
+                        name: h.1.to_string(),
+                    });
+                    held.next();
+                }
+                _ => break,
+            }
+        }
+        match held.peek() {
+            Some(h) if (h.0, h.1) == key => {
+                if h.2 != r.version {
+                    out.resources.push(r.clone());
+                }
+                held.next();
+            }
+            _ => out.resources.push(r.clone()),
+        }
+    }
+    out.removed.extend(held.map(|h| pb::ResourceRef {
+        r#type: h.0,
+        name: h.1.to_string(),
+    }));
+    out
+}
+
+fn held_iter(held: &Held) -> Box<dyn Iterator<Item = (i32, &str, &str)> + '_> {
+    match held {
+        Held::Config(c) => Box::new(
+            c.resources
+                .iter()
+                .map(|r| (r.r#type, r.name.as_str(), r.version.as_str())),
+        ),
+        Held::Versions(v) => Box::new(
+            v.iter()
+                .map(|r| (r.r#type, r.name.as_str(), r.version.as_str())),
+        ),
+    }
 }
 
 /// Splits a delta into responses sharing one nonce, each under `limit`
 /// bytes of resource bodies; removals ride on the last chunk.
 pub fn chunk(
-    delta: Delta,
+    delta: &Delta,
     nonce: &str,
     active: &ActiveConfig,
     limit: usize,
 ) -> Vec<pb::DeltaResponse> {
     let mut chunks: Vec<Vec<pb::Resource>> = vec![Vec::new()];
     let mut size = 0;
-    for r in delta.resources {
+    for r in &delta.resources {
         let len = r.body.len() + r.name.len() + r.version.len() + 16;
         if size + len > limit && !chunks.last().is_some_and(Vec::is_empty) {
             chunks.push(Vec::new());
@@ -87,11 +134,11 @@ pub fn chunk(
         }
         size += len;
         if let Some(last) = chunks.last_mut() {
-            last.push(r);
+            last.push(r.clone());
         }
     }
     let count = chunks.len() as u32;
-    let mut removed = Some(delta.removed);
+    let mut removed = Some(delta.removed.clone());
     chunks
         .into_iter()
         .enumerate()
@@ -149,16 +196,21 @@ impl StreamService {
         out: mpsc::Sender<Result<pb::DeltaResponse, Status>>,
     ) {
         let fleet = &self.fleet;
-        let mut held: Held = hello
-            .held
-            .into_iter()
-            .map(|v| ((v.r#type, v.name), v.version))
-            .collect();
+        let held_count = hello.held.len();
+        let mut held = {
+            let current = fleet.current();
+            if !hello.config_version.is_empty() && hello.config_version == current.hash {
+                Held::Config(current)
+            } else {
+                let mut v = hello.held;
+                v.sort_by(|a, b| (a.r#type, &a.name).cmp(&(b.r#type, &b.name)));
+                v.dedup_by(|a, b| a.r#type == b.r#type && a.name == b.name);
+                Held::Versions(v)
+            }
+        };
         fleet.session_started(&node.id, &node.region);
-        if let Err(e) = fleet.store.node_connected(&node, &fleet.replica).await {
-            tracing::warn!(node = %node.id, error = %e, "cannot record the node's connection");
-        }
-        tracing::info!(node = %node.id, region = %node.region, zone = %node.zone, held = held.len(), "proxy connected");
+        fleet.record(NodeUpdate::Connected(node.clone()));
+        tracing::info!(node = %node.id, region = %node.region, zone = %node.zone, held = held_count, "proxy connected");
         let mut active_rx = fleet.subscribe();
         let mut shutdown = self.shutdown.clone();
         let mut pending: Option<Pending> = None;
@@ -172,18 +224,22 @@ impl StreamService {
                 push_needed = false;
                 let active = active_rx.borrow_and_update().clone();
                 if active.number > 0 && refused.as_deref() != Some(active.hash.as_str()) {
-                    let d = delta(&active, &held);
-                    if d.resources.is_empty() && d.removed.is_empty() {
+                    let d = match &held {
+                        Held::Config(from) => fleet.delta_between(from, &active),
+                        Held::Versions(_) => Arc::new(delta(held_iter(&held), &active)),
+                    };
+                    if d.is_empty() {
                         // The proxy already holds exactly this: say nothing,
                         // but it counts as converged.
-                        self.acked(&node, &active).await;
+                        held = Held::Config(Arc::clone(&active));
+                        self.acked(&node, &active);
                     } else {
                         let nonce = format!(
                             "{}-{}",
                             active.number,
                             NONCES.fetch_add(1, Ordering::Relaxed)
                         );
-                        let chunks = chunk(d, &nonce, &active, CHUNK_BYTES);
+                        let chunks = chunk(&d, &nonce, &active, CHUNK_BYTES);
                         let bytes: usize = chunks
                             .iter()
                             .map(|c| c.resources.iter().map(|r| r.body.len()).sum::<usize>())
@@ -192,7 +248,7 @@ impl StreamService {
                         metrics::counter!("sentinel_cp_push_bytes_total").increment(bytes as u64);
                         for c in chunks {
                             if out.send(Ok(c)).await.is_err() {
-                                return self.ended(&node).await;
+                                return self.ended(&node);
                             }
                         }
                         pending = Some(Pending { nonce, active });
@@ -213,9 +269,9 @@ impl StreamService {
                     match msg.kind {
                         Some(pb::delta_request::Kind::Ack(ack)) => {
                             if let Some(p) = pending.take_if(|p| p.nonce == ack.nonce) {
-                                held = p.active.resources.iter().map(|r| ((r.r#type, r.name.clone()), r.version.clone())).collect();
                                 refused = None;
-                                self.acked(&node, &p.active).await;
+                                self.acked(&node, &p.active);
+                                held = Held::Config(p.active);
                                 push_needed = true;
                             }
                         }
@@ -225,9 +281,7 @@ impl StreamService {
                                 tracing::warn!(node = %node.id, version = p.active.number, %resource, error = %nack.error, "proxy refused the configuration");
                                 metrics::counter!("sentinel_cp_nacks_total").increment(1);
                                 let error: String = nack.error.chars().take(4096).collect();
-                                if let Err(e) = fleet.store.record_nack(&node.id, p.active.number, &resource, &error).await {
-                                    tracing::warn!(node = %node.id, error = %e, "cannot record NACK");
-                                }
+                                fleet.record(NodeUpdate::Nack { id: node.id.clone(), version: p.active.number, resource, error });
                                 refused = Some(p.active.hash.clone());
                                 push_needed = true;
                             }
@@ -258,33 +312,23 @@ impl StreamService {
                 _ = shutdown.changed() => break,
             }
         }
-        self.ended(&node).await;
+        self.ended(&node);
     }
 
-    async fn acked(&self, node: &pb::Node, active: &ActiveConfig) {
+    fn acked(&self, node: &pb::Node, active: &ActiveConfig) {
         metrics::counter!("sentinel_cp_acks_total").increment(1);
         metrics::histogram!("sentinel_cp_convergence_seconds")
             .record(active.activated.elapsed().as_secs_f64());
-        if let Err(e) = self
-            .fleet
-            .store
-            .record_ack(&node.id, active.number, &active.hash)
-            .await
-        {
-            tracing::warn!(node = %node.id, error = %e, "cannot record ACK");
-        }
+        self.fleet.record(NodeUpdate::Ack {
+            id: node.id.clone(),
+            version: active.number,
+            hash: active.hash.clone(),
+        });
     }
 
-    async fn ended(&self, node: &pb::Node) {
+    fn ended(&self, node: &pb::Node) {
         self.fleet.session_ended(&node.id);
-        if let Err(e) = self
-            .fleet
-            .store
-            .node_disconnected(&node.id, &self.fleet.replica)
-            .await
-        {
-            tracing::warn!(node = %node.id, error = %e, "cannot record the disconnection");
-        }
+        self.fleet.record(NodeUpdate::Disconnected(node.id.clone()));
         tracing::info!(node = %node.id, "proxy disconnected");
     }
 }
@@ -374,40 +418,44 @@ mod tests {
         ActiveConfig::new(1, s.resources())
     }
 
+    fn versions(a: &ActiveConfig) -> Vec<(i32, String, String)> {
+        a.resources
+            .iter()
+            .map(|r| (r.r#type, r.name.clone(), r.version.clone()))
+            .collect()
+    }
+
+    fn iter(v: &[(i32, String, String)]) -> impl Iterator<Item = (i32, &str, &str)> {
+        v.iter().map(|(t, n, ver)| (*t, n.as_str(), ver.as_str()))
+    }
+
     #[test]
     fn delta_sends_only_what_differs_and_names_removals() {
         let a = active();
-        let all = delta(&a, &Held::new());
+        let all = delta(std::iter::empty(), &a);
         assert_eq!(all.resources.len(), a.resources.len());
-        let mut held: Held = a
-            .resources
-            .iter()
-            .map(|r| ((r.r#type, r.name.clone()), r.version.clone()))
-            .collect();
-        let none = delta(&a, &held);
-        assert!(none.resources.is_empty() && none.removed.is_empty());
-        held.insert((pb::ResourceType::Route as i32, "gone".into()), "x".into());
-        held.insert(
-            (pb::ResourceType::Upstream as i32, "u".into()),
-            "old".into(),
-        );
-        let d = delta(&a, &held);
+        let mut held = versions(&a);
+        assert!(delta(iter(&held), &a).is_empty());
+        held.push((pb::ResourceType::Route as i32, "gone".into(), "x".into()));
+        for h in held.iter_mut() {
+            if h.0 == pb::ResourceType::Upstream as i32 && h.1 == "u" {
+                h.2 = "old".into();
+            }
+        }
+        held.push((pb::ResourceType::Agent as i32, "zz-last".into(), "x".into()));
+        held.sort();
+        let d = delta(iter(&held), &a);
         assert_eq!(d.resources.len(), 1);
         assert_eq!(d.resources[0].name, "u");
-        assert_eq!(
-            d.removed,
-            vec![pb::ResourceRef {
-                r#type: pb::ResourceType::Route as i32,
-                name: "gone".into()
-            }]
-        );
+        let removed: Vec<&str> = d.removed.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(removed, vec!["gone", "zz-last"]);
     }
 
     #[test]
     fn chunks_stay_under_the_limit_and_share_the_nonce() {
         let a = active();
-        let d = delta(&a, &Held::new());
-        let chunks = chunk(d, "n1", &a, 64);
+        let d = delta(std::iter::empty(), &a);
+        let chunks = chunk(&d, "n1", &a, 64);
         assert!(chunks.len() > 1);
         for (i, c) in chunks.iter().enumerate() {
             assert_eq!(c.nonce, "n1");
