@@ -176,10 +176,10 @@ async fn main() {
         let ch = channels[id % connections].clone();
         let tx = (*report_tx).clone();
         tokio::spawn(async move {
-            if let Err(e) = proxy(ch, id, tx).await {
-                if !DONE.load(std::sync::atomic::Ordering::Relaxed) {
-                    eprintln!("sim-{id}: {e}");
-                }
+            if let Err(e) = proxy(ch, id, tx).await
+                && !DONE.load(std::sync::atomic::Ordering::Relaxed)
+            {
+                eprintln!("sim-{id}: {e}");
             }
         });
     }
