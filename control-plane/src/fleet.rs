@@ -158,27 +158,32 @@ impl Fleet {
         let _ = self.updates.send(update);
     }
 
-    /// The delta from `from` to `to`, shared by all sessions.
+    /// The delta from `from` to `to`, computed once (under the lock, so a
+    /// thousand sessions waking together do not all compute it) and shared.
     pub fn delta_between(
         &self,
         from: &ActiveConfig,
         to: &ActiveConfig,
     ) -> Arc<crate::stream::Delta> {
         let key = (from.hash.clone(), to.hash.clone());
-        if let Some(d) = self.deltas.lock().ok().and_then(|m| m.get(&key).cloned()) {
-            return d;
+        let compute = || {
+            let held = from
+                .resources
+                .iter()
+                .map(|r| (r.r#type, r.name.as_str(), r.version.as_str()));
+            Arc::new(crate::stream::delta(held, to))
+        };
+        let Ok(mut cache) = self.deltas.lock() else {
+            return compute();
+        };
+        if let Some(d) = cache.get(&key) {
+            return Arc::clone(d);
         }
-        let held = from
-            .resources
-            .iter()
-            .map(|r| (r.r#type, r.name.as_str(), r.version.as_str()));
-        let d = Arc::new(crate::stream::delta(held, to));
-        if let Ok(mut m) = self.deltas.lock() {
-            if m.len() >= 64 {
-                m.clear();
-            }
-            m.insert(key, Arc::clone(&d));
+        if cache.len() >= 64 {
+            cache.clear();
         }
+        let d = compute();
+        cache.insert(key, Arc::clone(&d));
         d
     }
 

@@ -7,6 +7,9 @@
 //! `ArcSwap` load. Standalone mode ([`standalone`]) compiles a KDL file
 //! locally and applies it through that same path.
 //!
+//! Control-plane mode ([`stream`]) applies responses from `sentinel-cp`
+//! through the same path and keeps a last-good copy on disk ([`cache`]).
+//!
 //! Map: `routing` (route matching), `upstream/` (`balance`, `health`,
 //! `breaker`, pool and retry budget in `mod.rs`), `ratelimit`, `listeners`
 //! (accept, TLS, limits, drain), `admin` (admin listener), `telemetry`
@@ -15,6 +18,7 @@
 pub mod admin;
 pub mod apply;
 pub mod body;
+pub mod cache;
 pub mod clock;
 pub mod error;
 pub mod listeners;
@@ -23,6 +27,7 @@ pub mod ratelimit;
 pub mod routing;
 pub mod runtime;
 pub mod standalone;
+pub mod stream;
 pub mod telemetry;
 pub mod tls;
 pub mod upstream;

@@ -34,6 +34,18 @@ struct Flags {
     /// Directory of the last-good config cache.
     #[arg(long, env = "SENTINEL_CACHE_DIR")]
     cache_dir: Option<PathBuf>,
+    /// CA certificate (PEM) to verify the control plane (https:// URLs).
+    #[arg(long, env = "SENTINEL_CP_CA_FILE")]
+    cp_ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) for mTLS to the control plane.
+    #[arg(long, env = "SENTINEL_CP_CERT_FILE")]
+    cp_cert_file: Option<PathBuf>,
+    /// Client key (PEM) for mTLS to the control plane.
+    #[arg(long, env = "SENTINEL_CP_KEY_FILE")]
+    cp_key_file: Option<PathBuf>,
+    /// Seconds between health reports to the control plane.
+    #[arg(long, env = "SENTINEL_HEALTH_REPORT_SECS", default_value_t = 5)]
+    health_report_secs: u64,
     /// Admin listener: /health, /ready, /metrics, /admin/*.
     #[arg(long, env = "SENTINEL_METRICS_ADDR", default_value = "0.0.0.0:9090")]
     admin_addr: SocketAddr,
@@ -84,13 +96,12 @@ fn main() -> ExitCode {
         };
     }
     if !flags.control_plane.is_empty() {
-        eprintln!(
-            "error: control-plane mode (--control-plane) is not built yet; run standalone with --config FILE"
-        );
-        return ExitCode::from(2);
+        return control_plane_mode(flags);
     }
-    let Some(path) = flags.config else {
-        eprintln!("error: nothing to serve: give --config FILE (or SENTINEL_CONFIG)");
+    let Some(path) = flags.config.clone() else {
+        eprintln!(
+            "error: nothing to serve: give --config FILE (or SENTINEL_CONFIG), or --control-plane URL"
+        );
         return ExitCode::from(2);
     };
     let snapshot = match standalone::load(&path, color) {
@@ -107,18 +118,32 @@ fn main() -> ExitCode {
             .as_ref()
             .and_then(|o| o.logging.as_ref()),
     );
-    let workers = std::env::var("SENTINEL_WORKERS")
+    let workers = workers(snapshot.settings.server.map(|s| s.worker_threads as usize));
+    serve(workers, flags.admin_addr, move |proxy| async move {
+        let version = standalone::version(&path, &snapshot);
+        proxy
+            .apply(snapshot, version)
+            .map_err(|e| anyhow::anyhow!("cannot apply {}: {e}", path.display()))?;
+        standalone::run(proxy, Some(path)).await
+    })
+}
+
+/// Worker threads: `SENTINEL_WORKERS`, else the config's, else one per core.
+fn workers(configured: Option<usize>) -> usize {
+    std::env::var("SENTINEL_WORKERS")
         .ok()
         .and_then(|w| w.parse::<usize>().ok())
         .filter(|w| *w > 0)
-        .or_else(|| {
-            snapshot
-                .settings
-                .server
-                .map(|s| s.worker_threads as usize)
-                .filter(|w| *w > 0)
-        })
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        .or(configured.filter(|w| *w > 0))
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+/// Starts the runtime, metrics and the admin listener, then runs `body`.
+fn serve<F, Fut>(workers: usize, admin_addr: SocketAddr, body: F) -> ExitCode
+where
+    F: FnOnce(Arc<Proxy>) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<usize>>,
+{
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
         .enable_all()
@@ -134,15 +159,11 @@ fn main() -> ExitCode {
         telemetry::metrics();
         telemetry::spawn_upkeep();
         let proxy = Arc::new(Proxy::new());
-        let (admin_addr, _admin) = admin::serve(Arc::clone(&proxy), flags.admin_addr)
+        let (bound, _admin) = admin::serve(Arc::clone(&proxy), admin_addr)
             .await
-            .map_err(|e| anyhow::anyhow!("cannot bind admin listener {}: {e}", flags.admin_addr))?;
-        tracing::info!(%admin_addr, workers, "admin listener up");
-        let version = standalone::version(&path, &snapshot);
-        proxy
-            .apply(snapshot, version)
-            .map_err(|e| anyhow::anyhow!("cannot apply {}: {e}", path.display()))?;
-        standalone::run(proxy, path).await
+            .map_err(|e| anyhow::anyhow!("cannot bind admin listener {admin_addr}: {e}"))?;
+        tracing::info!(admin_addr = %bound, workers, "admin listener up");
+        body(proxy).await
     });
     match result {
         Ok(_) => ExitCode::SUCCESS,
@@ -152,4 +173,70 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+fn read_file(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))
+}
+
+fn control_plane_mode(flags: Flags) -> ExitCode {
+    telemetry::init_logging(None);
+    let node_id = flags.node_id.clone().unwrap_or_else(|| {
+        std::fs::read_to_string("/etc/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "sentinel".into())
+    });
+    let tls = match (&flags.cp_ca_file, &flags.cp_cert_file, &flags.cp_key_file) {
+        (None, None, None) => None,
+        (ca, cert, key) => {
+            let build = || -> anyhow::Result<tonic::transport::ClientTlsConfig> {
+                let mut t = tonic::transport::ClientTlsConfig::new();
+                if let Some(ca) = ca {
+                    t = t.ca_certificate(tonic::transport::Certificate::from_pem(read_file(ca)?));
+                }
+                match (cert, key) {
+                    (Some(c), Some(k)) => {
+                        t = t.identity(tonic::transport::Identity::from_pem(
+                            read_file(c)?,
+                            read_file(k)?,
+                        ));
+                    }
+                    (None, None) => {}
+                    _ => anyhow::bail!("--cp-cert-file and --cp-key-file go together"),
+                }
+                Ok(t)
+            };
+            match build() {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+    };
+    let node = sentinel_proto::Node {
+        id: node_id,
+        region: flags.region.clone().unwrap_or_else(|| "default".into()),
+        zone: flags.zone.clone().unwrap_or_else(|| "default".into()),
+        build_version: env!("CARGO_PKG_VERSION").into(),
+        labels: vec![],
+    };
+    let urls = flags.control_plane.clone();
+    serve(workers(None), flags.admin_addr, move |proxy| async move {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let client = sentinel_proxy::stream::Client {
+            urls,
+            node,
+            cache_dir: flags.cache_dir.clone(),
+            tls,
+            proxy: Arc::clone(&proxy),
+            health_interval: std::time::Duration::from_secs(flags.health_report_secs.max(1)),
+        };
+        let task = tokio::spawn(client.run(stopped));
+        let left = standalone::run(proxy, None).await;
+        let _ = stop.send(true);
+        task.abort();
+        left
+    })
 }

@@ -66,15 +66,19 @@ fn reload(proxy: &Proxy, path: &Path) {
     }
 }
 
-/// Serves until SIGTERM/SIGINT, then drains. Returns the number of
-/// connections still open when the drain deadline passed.
-pub async fn run(proxy: Arc<Proxy>, path: PathBuf) -> anyhow::Result<usize> {
+/// Serves until SIGTERM/SIGINT, then drains. SIGHUP reloads `reload_from`
+/// (standalone mode) or is logged and ignored (control-plane mode). Returns
+/// the number of connections still open when the drain deadline passed.
+pub async fn run(proxy: Arc<Proxy>, reload_from: Option<PathBuf>) -> anyhow::Result<usize> {
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     loop {
         tokio::select! {
-            _ = hup.recv() => reload(&proxy, &path),
+            _ = hup.recv() => match &reload_from {
+                Some(path) => reload(&proxy, path),
+                None => tracing::info!("SIGHUP ignored: the configuration comes from the control plane"),
+            },
             _ = term.recv() => break,
             _ = int.recv() => break,
         }

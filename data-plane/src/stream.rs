@@ -1,0 +1,343 @@
+//! Control-plane mode: the delta-stream client.
+//!
+//! Connects to one of the control-plane URLs with this proxy's identity and
+//! the versions it holds; applies each complete response (all chunks) as one
+//! swap through [`Proxy::apply`] — the same path as standalone mode — and
+//! ACKs, or NACKs naming the resource and the reason while the last good
+//! configuration keeps serving. Every applied configuration is written to
+//! the last-good cache. On a lost stream it reconnects with jittered
+//! exponential backoff, moving to the next URL each time; traffic is never
+//! interrupted by the control plane going away. A second stream reports the
+//! active health checks' view of every target.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+use sentinel_config::Snapshot;
+use sentinel_proto as pb;
+use sentinel_proto::config_stream_client::ConfigStreamClient;
+use tokio::sync::{mpsc, watch};
+use tonic::codec::CompressionEncoding;
+
+use crate::apply::Proxy;
+use crate::clock::unix_ms;
+use crate::runtime::{ConfigVersion, Origin};
+
+type Held = BTreeMap<(i32, String), pb::Resource>;
+
+pub struct Client {
+    pub urls: Vec<String>,
+    pub node: pb::Node,
+    pub cache_dir: Option<PathBuf>,
+    pub tls: Option<tonic::transport::ClientTlsConfig>,
+    pub proxy: Arc<Proxy>,
+    /// How often health reports are sent.
+    pub health_interval: Duration,
+}
+
+/// What the proxy holds, as the control plane will be told on (re)connect.
+#[derive(Default)]
+struct State {
+    held: Held,
+    config_version: String,
+    number: u64,
+}
+
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+fn backoff(attempt: u32) -> Duration {
+    let base = Duration::from_millis(100)
+        .saturating_mul(1 << attempt.min(7))
+        .min(MAX_BACKOFF);
+    base.mul_f64(rand::rng().random_range(0.5..1.5))
+}
+
+impl Client {
+    /// Serves from the cache if there is one, then keeps a stream to the
+    /// control plane until `shutdown`.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let mut state = State::default();
+        self.load_cache(&mut state);
+        let mut attempt = 0u32;
+        let mut index = 0usize;
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            let url = self.urls[index % self.urls.len()].clone();
+            let result = tokio::select! {
+                r = self.session(&url, &mut state) => r,
+                _ = shutdown.changed() => return,
+            };
+            match result {
+                Ok(()) => {
+                    tracing::info!(%url, "control-plane stream ended; reconnecting");
+                    attempt = 0;
+                }
+                Err(e) => {
+                    tracing::warn!(%url, error = %e, "control plane unreachable; serving the last good configuration");
+                    attempt += 1;
+                }
+            }
+            index += 1;
+            let wait = backoff(attempt);
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+
+    fn load_cache(&self, state: &mut State) {
+        let Some(dir) = &self.cache_dir else { return };
+        let set = match crate::cache::load(dir) {
+            Ok(set) => set,
+            Err(crate::cache::CacheError::Missing(_)) => return,
+            Err(e) => {
+                tracing::error!(error = %e, "ignoring the last-good cache");
+                return;
+            }
+        };
+        let snapshot = match Snapshot::from_resources(&set.resources) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "the cached configuration is inconsistent; ignoring it");
+                return;
+            }
+        };
+        let version = ConfigVersion {
+            hash: set.config_version.clone(),
+            number: set.version_number,
+            origin: Origin::Cache {
+                path: crate::cache::path(dir).display().to_string(),
+            },
+            applied_unix_ms: unix_ms(),
+        };
+        match self.proxy.apply(snapshot, version) {
+            Ok(_) => {
+                tracing::warn!(
+                    version = set.version_number,
+                    "serving the last-good configuration from the cache until the control plane answers"
+                );
+                state.held = set
+                    .resources
+                    .into_iter()
+                    .map(|r| ((r.r#type, r.name.clone()), r))
+                    .collect();
+                state.config_version = set.config_version;
+                state.number = set.version_number;
+            }
+            Err(e) => tracing::error!(error = %e, "cannot apply the cached configuration"),
+        }
+    }
+
+    async fn session(
+        &self,
+        url: &str,
+        state: &mut State,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        let mut endpoint = tonic::transport::Endpoint::from_shared(url.to_string())?
+            .connect_timeout(Duration::from_secs(3))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(20))
+            .keep_alive_timeout(Duration::from_secs(10));
+        if let Some(tls) = &self.tls {
+            endpoint = endpoint.tls_config(tls.clone())?;
+        }
+        let channel = endpoint.connect().await?;
+        let mut client = ConfigStreamClient::new(channel.clone())
+            .accept_compressed(CompressionEncoding::Gzip)
+            .max_decoding_message_size(64 * 1024 * 1024);
+        let (tx, rx) = mpsc::channel(8);
+        let hello = pb::Hello {
+            node: Some(self.node.clone()),
+            held: state
+                .held
+                .values()
+                .map(|r| pb::ResourceVersion {
+                    r#type: r.r#type,
+                    name: r.name.clone(),
+                    version: r.version.clone(),
+                })
+                .collect(),
+            config_version: state.config_version.clone(),
+        };
+        tx.send(pb::DeltaRequest {
+            kind: Some(pb::delta_request::Kind::Hello(hello)),
+        })
+        .await?;
+        let mut inbound = client
+            .delta(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await?
+            .into_inner();
+        tracing::info!(%url, node = %self.node.id, "connected to the control plane");
+        let reporter = tokio::spawn(report_health(
+            channel,
+            self.node.id.clone(),
+            Arc::clone(&self.proxy),
+            self.health_interval,
+        ));
+        let _stop_reporter = AbortOnDrop(reporter.abort_handle());
+        let mut chunks: Vec<pb::DeltaResponse> = Vec::new();
+        while let Some(msg) = inbound.message().await? {
+            if msg.keepalive {
+                continue;
+            }
+            if chunks.first().is_some_and(|c| c.nonce != msg.nonce) {
+                // A newer response replaced an incomplete one.
+                chunks.clear();
+            }
+            let complete = msg.chunk + 1 >= msg.chunk_count;
+            chunks.push(msg);
+            if !complete {
+                continue;
+            }
+            let answer = self.apply(url, state, std::mem::take(&mut chunks));
+            tx.send(answer).await?;
+        }
+        Ok(())
+    }
+
+    /// Applies one complete response; returns the ACK or NACK to send.
+    fn apply(
+        &self,
+        url: &str,
+        state: &mut State,
+        chunks: Vec<pb::DeltaResponse>,
+    ) -> pb::DeltaRequest {
+        let nonce = chunks.first().map(|c| c.nonce.clone()).unwrap_or_default();
+        let config_version = chunks
+            .last()
+            .map(|c| c.config_version.clone())
+            .unwrap_or_default();
+        let number = chunks.last().map_or(0, |c| c.version_number);
+        let mut next = state.held.clone();
+        for c in chunks {
+            for r in c.resources {
+                next.insert((r.r#type, r.name.clone()), r);
+            }
+            for gone in c.removed {
+                next.remove(&(gone.r#type, gone.name));
+            }
+        }
+        let resources: Vec<pb::Resource> = next.values().cloned().collect();
+        let nack = |resource: Option<pb::ResourceRef>, error: String| {
+            metrics::counter!("sentinel_config_nacks_total").increment(1);
+            tracing::error!(version = number, %error, "refusing the configuration from the control plane; keeping the last good one");
+            pb::DeltaRequest {
+                kind: Some(pb::delta_request::Kind::Nack(pb::Nack {
+                    nonce: nonce.clone(),
+                    config_version: config_version.clone(),
+                    resource,
+                    error,
+                })),
+            }
+        };
+        let snapshot = match Snapshot::from_resources(&resources) {
+            Ok(s) => s,
+            Err(e) => return nack(e.resource().cloned(), e.to_string()),
+        };
+        let hash = snapshot.config_hash();
+        if hash != config_version {
+            return nack(
+                None,
+                format!("the resources hash to {hash}, not the announced {config_version}"),
+            );
+        }
+        let version = ConfigVersion {
+            hash: hash.clone(),
+            number,
+            origin: Origin::ControlPlane {
+                url: url.to_string(),
+            },
+            applied_unix_ms: unix_ms(),
+        };
+        if let Err(e) = self.proxy.apply(snapshot, version) {
+            return nack(Some(e.resource.clone()), e.message.clone());
+        }
+        state.held = next;
+        state.config_version = hash.clone();
+        state.number = number;
+        if let Some(dir) = &self.cache_dir {
+            let set = pb::ResourceSet {
+                resources,
+                config_version: hash.clone(),
+                version_number: number,
+            };
+            if let Err(e) = crate::cache::store(dir, &set) {
+                tracing::error!(error = %e, "cannot write the last-good cache");
+            }
+        }
+        pb::DeltaRequest {
+            kind: Some(pb::delta_request::Kind::Ack(pb::Ack {
+                nonce,
+                config_version: hash,
+            })),
+        }
+    }
+}
+
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Sends the health of every target now and then, while the stream lives.
+async fn report_health(
+    channel: tonic::transport::Channel,
+    node_id: String,
+    proxy: Arc<Proxy>,
+    every: Duration,
+) {
+    let (tx, rx) = mpsc::channel(2);
+    // The request stream is driven by the connection; the sender runs on its
+    // own so that it keeps going while the answers are read.
+    let sender = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tick.tick().await;
+            let Some(rt) = proxy.runtime() else { continue };
+            let mut targets = Vec::new();
+            for u in rt.upstreams.values() {
+                if !u.health_cfg.enabled {
+                    continue;
+                }
+                for t in &u.targets {
+                    let v = t.state.health.view();
+                    targets.push(pb::TargetHealthReport {
+                        upstream: u.name.clone(),
+                        target: t.address.clone(),
+                        healthy: v.healthy && !v.ejected,
+                        since_unix_ms: v.since_unix_ms,
+                        last_error: v.last_error,
+                    });
+                }
+            }
+            if tx
+                .send(pb::HealthReport {
+                    node_id: node_id.clone(),
+                    targets,
+                })
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    let _stop = AbortOnDrop(sender.abort_handle());
+    let mut client = ConfigStreamClient::new(channel);
+    if let Ok(resp) = client
+        .report_health(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+    {
+        let mut acks = resp.into_inner();
+        while let Ok(Some(_)) = acks.message().await {}
+    }
+}
