@@ -391,3 +391,245 @@ impl Drop for ControlPlane {
         }
     }
 }
+
+/// A `sentinel` proxy in control-plane mode.
+pub struct Proxy {
+    pub name: String,
+    pub admin: SocketAddr,
+    pub http: SocketAddr,
+    pub cache_dir: PathBuf,
+    child: Option<Child>,
+    bin: PathBuf,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Proxy {
+    /// Starts a proxy connected to `control_planes` (comma-joined URLs).
+    /// Its listener address is given to the config as `SENTINEL_HTTP_ADDR`.
+    pub fn start(
+        bin: &Path,
+        name: &str,
+        region: &str,
+        control_planes: &[String],
+        env: &[(&str, &str)],
+    ) -> Proxy {
+        let dir = tempfile::Builder::new()
+            .prefix("sentinel-proxy-")
+            .tempdir()
+            .expect("temp dir");
+        let admin = loopback(free_port());
+        let http = loopback(free_port());
+        let cache_dir = dir.path().join("cache");
+        let args = vec![
+            "--control-plane".to_string(),
+            control_planes.join(","),
+            "--node-id".to_string(),
+            name.to_string(),
+            "--region".to_string(),
+            region.to_string(),
+            "--zone".to_string(),
+            format!("{region}-a"),
+            "--cache-dir".to_string(),
+            cache_dir.display().to_string(),
+            "--admin-addr".to_string(),
+            admin.to_string(),
+            "--health-report-secs".to_string(),
+            "1".to_string(),
+        ];
+        let mut env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        env.push(("SENTINEL_HTTP_ADDR".into(), http.to_string()));
+        let log = dir.path().join("proxy.log");
+        let mut p = Proxy {
+            name: name.into(),
+            admin,
+            http,
+            cache_dir,
+            child: None,
+            bin: bin.into(),
+            args,
+            env,
+            log,
+            _dir: dir,
+        };
+        p.spawn();
+        p
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("proxy log");
+        let child = Command::new(&self.bin)
+            .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env("RUST_LOG", "info")
+            .env("SENTINEL_WORKERS", "1")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start sentinel");
+        self.child = Some(child);
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!(
+                "---- proxy {} log ----\n{}\n---- end ----",
+                self.name,
+                self.logs()
+            );
+        }
+    }
+}
+
+/// A TCP relay between a region and the control plane: forwards bytes,
+/// optionally adds latency, and can cut every connection (a partition) and
+/// heal again. The kernel here has no netem; this is how tests shape links.
+pub struct Relay {
+    pub addr: SocketAddr,
+    cut: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
+    latency_ms: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    pub async fn start(target: SocketAddr) -> Relay {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind relay");
+        let addr = listener.local_addr().expect("relay addr");
+        let (cut, _) = tokio::sync::watch::channel(false);
+        let cut = std::sync::Arc::new(cut);
+        let latency_ms = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (c, l) = (
+            std::sync::Arc::clone(&cut),
+            std::sync::Arc::clone(&latency_ms),
+        );
+        let task = tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                if *c.borrow() {
+                    drop(inbound);
+                    continue;
+                }
+                let mut cut_rx = c.subscribe();
+                let latency = std::sync::Arc::clone(&l);
+                tokio::spawn(async move {
+                    let Ok(outbound) = tokio::net::TcpStream::connect(target).await else {
+                        return;
+                    };
+                    let (mut ri, mut wi) = inbound.into_split();
+                    let (mut ro, mut wo) = outbound.into_split();
+                    let pipe = |mut r: tokio::net::tcp::OwnedReadHalf, mut w: tokio::net::tcp::OwnedWriteHalf, latency: std::sync::Arc<std::sync::atomic::AtomicU64>| async move {
+                        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                        let mut buf = vec![0u8; 16 * 1024];
+                        loop {
+                            let n = match r.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => n,
+                            };
+                            let delay = latency.load(std::sync::atomic::Ordering::Relaxed);
+                            if delay > 0 {
+                                tokio::time::sleep(Duration::from_millis(delay)).await;
+                            }
+                            if w.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    };
+                    let _ = (&mut ri, &mut wi, &mut ro, &mut wo);
+                    tokio::select! {
+                        _ = pipe(ri, wo, std::sync::Arc::clone(&latency)) => {}
+                        _ = pipe(ro, wi, latency) => {}
+                        _ = async { while !*cut_rx.borrow_and_update() { if cut_rx.changed().await.is_err() { return; } } } => {}
+                    }
+                });
+            }
+        });
+        Relay {
+            addr,
+            cut,
+            latency_ms,
+            task,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Drops every connection and refuses new ones.
+    pub fn cut(&self) {
+        self.cut.send_replace(true);
+    }
+
+    pub fn heal(&self) {
+        self.cut.send_replace(false);
+    }
+
+    pub fn set_latency(&self, ms: u64) {
+        self.latency_ms
+            .store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A demo backend process (`sentinel-bench-backend`) answering
+/// `hello from NAME`.
+pub struct DemoBackend {
+    pub addr: SocketAddr,
+    child: Child,
+}
+
+impl DemoBackend {
+    pub fn start(bin: &Path, name: &str) -> DemoBackend {
+        let addr = loopback(free_port());
+        let child = Command::new(bin)
+            .arg(addr.to_string())
+            .arg(name)
+            .arg("1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start backend");
+        DemoBackend { addr, child }
+    }
+}
+
+impl Drop for DemoBackend {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
