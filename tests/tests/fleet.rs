@@ -413,3 +413,34 @@ async fn two_hundred_applies_under_load_fail_no_request() {
     assert!(ok.load(Ordering::Relaxed) > 200);
     assert_eq!(failed.load(Ordering::Relaxed), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxies_fail_over_across_control_plane_urls_and_report_health() {
+    let (cp_bin, proxy_bin, backend_bin) = bins();
+    let backend = DemoBackend::start(&backend_bin, "web");
+    let cp = ControlPlane::start(&cp_bin, "", &["--health-quorum-percent", "50"]).await;
+    let dead = format!("http://127.0.0.1:{}", sentinel_tests::free_port());
+    let urls = [dead, cp.grpc_url()];
+    let p1 = Proxy::start(&proxy_bin, "p1", "eu", &urls, &[]);
+    let p2 = Proxy::start(&proxy_bin, "p2", "us", &urls, &[]);
+    let dead_target = format!("127.0.0.1:{}", sentinel_tests::free_port());
+    let checked = config(1, backend.addr, "").replace(
+        &format!("upstream \"web\" {{ target \"{}\"; }};", backend.addr),
+        &format!(
+            "upstream \"web\" {{ target \"{}\"; target \"{dead_target}\"; health-check {{ type \"tcp\"; interval-secs 1; timeout-secs 1; unhealthy-threshold 1; }}; }};",
+            backend.addr
+        ),
+    );
+    assert_eq!(apply(&cp, &checked).await.0, 201, "{checked}");
+    converge(&[&p1, &p2], "v1", Duration::from_secs(20)).await;
+    let aggregated = wait_for(Duration::from_secs(15), || async {
+        let h = api(&cp, "GET", "/v1/health").await;
+        let targets = h["upstreams"]["web"].as_array().cloned().unwrap_or_default();
+        let dead = targets.iter().find(|t| t["target"] == dead_target.as_str());
+        let live = targets.iter().find(|t| t["target"] == backend.addr.to_string().as_str());
+        matches!((dead, live), (Some(d), Some(l))
+            if d["healthy"] == false && d["unhealthy_reports"] == 2 && l["healthy"] == true && l["reporting"] == 2)
+    })
+    .await;
+    assert!(aggregated, "{}", api(&cp, "GET", "/v1/health").await);
+}
