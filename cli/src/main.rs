@@ -87,7 +87,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let format = cli.output;
     let command = match cli.command {
-        Command::Validate(args) => return ExitCode::from(validate::run(&args)),
+        Command::Validate(args) => return ExitCode::from(validate::run(&args, format)),
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,

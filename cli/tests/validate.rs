@@ -72,3 +72,22 @@ fn no_file_is_a_usage_error() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn json_output_carries_structured_diagnostics() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.kdl");
+    std::fs::write(&bad, "sever {\n}\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_sentinelctl"))
+        .args(["validate", "-o", "json"])
+        .arg(examples().join("minimal.kdl"))
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v[0]["valid"], true);
+    assert_eq!(v[1]["valid"], false);
+    assert_eq!(v[1]["diagnostics"][0]["line"], 1);
+    assert_eq!(v[1]["diagnostics"][0]["help"], "did you mean `server`?");
+}

@@ -65,7 +65,16 @@ fn not_found(what: &str) -> Response {
 
 async fn ready(State(a): State<Admin>) -> Response {
     if a.proxy.is_ready() {
-        return (StatusCode::OK, "ready\n").into_response();
+        let from_cache = a
+            .proxy
+            .runtime()
+            .is_some_and(|rt| matches!(rt.version.origin, crate::runtime::Origin::Cache { .. }));
+        let body = if from_cache {
+            "ready (serving the last-good cache; the control plane has not answered yet)\n"
+        } else {
+            "ready\n"
+        };
+        return (StatusCode::OK, body).into_response();
     }
     let why = if a.proxy.shared.shutting_down.load(Ordering::Acquire) {
         "shutting down"
