@@ -165,7 +165,8 @@ mod tests {
         assert!(!d.allowed);
         assert_eq!(d.retry_after_secs, 1);
         assert_eq!(d.limit, 5);
-        tokio::time::advance(Duration::from_millis(100)).await;
+        // 1.5 tokens' worth of time: one request, not two.
+        tokio::time::advance(Duration::from_millis(150)).await;
         assert!(l.check("k").allowed, "one token after 1/rate");
         assert!(!l.check("k").allowed);
         // Other keys have their own bucket.

@@ -15,10 +15,37 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-/// A port that was free a moment ago.
+/// A port that was free a moment ago, chosen *below* the kernel's
+/// ephemeral range: a listener that is restarted during a test must find its
+/// port free again, and ports from `bind(0)` are also handed out as the
+/// local ports of outgoing connections (of every test running in parallel).
 pub fn free_port() -> u16 {
+    use std::hash::{BuildHasher, Hasher};
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| {
+            s.split_whitespace()
+                .next()
+                .and_then(|p| p.parse::<u16>().ok())
+        })
+        .unwrap_or(32768);
+    let (start, end) = (10_000u16, low.saturating_sub(1).max(10_001));
+    for attempt in 0..200u64 {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(attempt);
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos()),
+        );
+        let port = start + (h.finish() % u64::from(end - start)) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     std::net::TcpListener::bind("127.0.0.1:0")
-        .map(|l| l.local_addr().map(|a| a.port()).unwrap_or(0))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
         .unwrap_or(0)
 }
 

@@ -23,14 +23,7 @@ pub fn init_tls() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-/// A port that was free a moment ago.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub use sentinel_tests::free_port;
 
 /// An in-process HTTP/1.1 backend whose behaviour tests can change.
 pub struct Backend {
