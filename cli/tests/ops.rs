@@ -227,14 +227,18 @@ async fn apply_wait_follows_real_proxies_in_two_regions() {
         "{err}"
     );
 
-    // A deadline too short to converge: exit 1 listing who is behind.
+    // A connected proxy that never answers (frozen): the deadline passes,
+    // exit 1 listing who is behind.
+    us.signal("STOP");
     let v3 = config(dir.path(), 3, backend.addr, "");
-    let (code, _, err) = ctl(&cp, t, &["apply", &v3, "--wait=1ms"]);
+    let (code, _, err) = ctl(&cp, t, &["apply", &v3, "--wait=2s"]);
+    us.signal("CONT");
     assert_eq!(code, 1, "{err}");
     assert!(
-        err.contains("timed out") && err.contains("not on v3"),
+        err.contains("timed out") && err.contains("not on v3") && err.contains("us-1 (us)"),
         "{err}"
     );
+    assert!(!err.contains("eu-1 (eu): on"), "eu-1 converged: {err}");
 
     // Rollback --wait converges back.
     let (code, _, err) = ctl(&cp, t, &["rollback", "--to", "1", "--wait=20s"]);

@@ -518,6 +518,17 @@ impl Proxy {
         self.spawn();
     }
 
+    /// Sends a signal (`STOP` freezes the process with its connections
+    /// open: a proxy that is connected but never answers).
+    pub fn signal(&self, sig: &str) {
+        if let Some(c) = &self.child {
+            let _ = Command::new("kill")
+                .arg(format!("-{sig}"))
+                .arg(c.id().to_string())
+                .status();
+        }
+    }
+
     pub fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -525,6 +536,7 @@ impl Proxy {
 
 impl Drop for Proxy {
     fn drop(&mut self) {
+        self.signal("CONT");
         self.kill();
         if std::thread::panicking() {
             eprintln!(
