@@ -146,6 +146,8 @@ async fn respond(state: State, req: Request<Incoming>) -> Response<Full<Bytes>> 
         .entry(req.method().to_string())
         .or_insert(0) += 1;
     *last_headers.lock().unwrap() = req.headers().clone();
+    // Like a real application, read the whole request body before answering.
+    let _ = http_body_util::BodyExt::collect(req.into_body()).await;
     let d = delay.load(Ordering::SeqCst);
     if d > 0 {
         tokio::time::sleep(Duration::from_millis(d)).await;
