@@ -112,11 +112,14 @@ impl Runtime {
                 None => BuildError::new(T::Settings, pb::SETTINGS_NAME, e.to_string()),
             })?;
         let resources = snapshot.resources();
+        let versions_by_key: HashMap<(i32, &str), &str> = resources
+            .iter()
+            .map(|r| ((r.r#type, r.name.as_str()), r.version.as_str()))
+            .collect();
         let version_of = |kind: T, name: &str| {
-            resources
-                .iter()
-                .find(|r| r.r#type == kind as i32 && r.name == name)
-                .map(|r| r.version.clone())
+            versions_by_key
+                .get(&(kind as i32, name))
+                .copied()
                 .unwrap_or_default()
         };
 
