@@ -25,17 +25,17 @@ fn ctl(cp: &ControlPlane, token: Option<&str>, args: &[&str]) -> (i32, String, S
     )
 }
 
+/// Writes the harness's versioned fleet config to a file for `apply`.
 fn config(dir: &Path, version: u32, backend: std::net::SocketAddr, extra_listener: &str) -> String {
     let path = dir.join(format!(
         "v{version}{}.kdl",
         if extra_listener.is_empty() { "" } else { "-x" }
     ));
-    let text = format!(
-        "listeners {{\n    listener \"http\" {{ address \"${{SENTINEL_HTTP_ADDR}}\"; }}\n{extra_listener}\n}}\n\
-         upstreams {{ upstream \"web\" {{ target \"{backend}\"; }}; }}\n\
-         routes {{\n    route \"all\" {{\n        upstream \"web\"\n        policies {{ response-headers {{ set \"X-Config\" \"v{version}\"; }}; }}\n    }}\n}}\n"
-    );
-    std::fs::write(&path, text).unwrap();
+    std::fs::write(
+        &path,
+        sentinel_tests::versioned_config(version, backend, extra_listener),
+    )
+    .unwrap();
     path.display().to_string()
 }
 

@@ -672,3 +672,48 @@ impl Drop for DemoBackend {
         let _ = self.child.wait();
     }
 }
+
+/// Every string literal in the Rust sources under `src` that looks like a
+/// metric name starting with `prefix`: what the tidy tests of each crate
+/// compare with its list of metrics and with docs/operations.md.
+pub fn metric_names(src: &Path, prefix: &str) -> std::collections::BTreeSet<String> {
+    fn read_all(dir: &Path, out: &mut String) {
+        for entry in std::fs::read_dir(dir).expect("source dir").flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                read_all(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push_str(&std::fs::read_to_string(&path).unwrap_or_default());
+            }
+        }
+    }
+    let mut code = String::new();
+    read_all(src, &mut code);
+    code.split('"')
+        .filter(|s| s.starts_with(prefix) && s.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
+        .map(str::to_string)
+        .collect()
+}
+
+/// A fleet configuration whose responses carry `X-Config: v{version}`, so a
+/// test can tell which version a proxy serves. The listener address comes
+/// from each proxy's `SENTINEL_HTTP_ADDR`; `extra_listeners` is inserted in
+/// the `listeners` block.
+pub fn versioned_config(version: u32, backend: SocketAddr, extra_listeners: &str) -> String {
+    format!(
+        r#"
+observability {{ logging {{ access-log #false; }}; }}
+listeners {{
+    listener "http" {{ address "${{SENTINEL_HTTP_ADDR}}"; }}
+{extra_listeners}
+}}
+upstreams {{ upstream "web" {{ target "{backend}"; }}; }}
+routes {{
+    route "all" {{
+        upstream "web"
+        policies {{ response-headers {{ set "X-Config" "v{version}"; }}; }}
+    }}
+}}
+"#
+    )
+}

@@ -27,24 +27,8 @@ fn http() -> reqwest::Client {
         .unwrap()
 }
 
-/// A fleet config whose responses say which version served them.
 fn config(version: u32, backend: SocketAddr, extra: &str) -> String {
-    format!(
-        r#"
-observability {{ logging {{ access-log #false; }}; }}
-listeners {{
-    listener "http" {{ address "${{SENTINEL_HTTP_ADDR}}"; }}
-{extra}
-}}
-upstreams {{ upstream "web" {{ target "{backend}"; }}; }}
-routes {{
-    route "all" {{
-        upstream "web"
-        policies {{ response-headers {{ set "X-Config" "v{version}"; }}; }}
-    }}
-}}
-"#
-    )
+    sentinel_tests::versioned_config(version, backend, extra)
 }
 
 async fn apply(cp: &ControlPlane, source: &str) -> (u16, Value) {
