@@ -305,3 +305,44 @@ async fn database_down_answers_503_and_recovers_without_restart() {
         "the failed apply stored nothing"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_can_be_served_over_tls() {
+    let _ = client();
+    let dir = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let cert_path = dir.path().join("api.pem");
+    let key_path = dir.path().join("api.key");
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+    let cp = ControlPlane::start(
+        std::path::Path::new(BIN),
+        "",
+        &[
+            "--api-tls-cert",
+            cert_path.to_str().unwrap(),
+            "--api-tls-key",
+            key_path.to_str().unwrap(),
+        ],
+    )
+    .await;
+    let tls = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(cert.cert.pem().as_bytes()).unwrap()])
+        .resolve("localhost", cp.api)
+        .build()
+        .unwrap();
+    let url = format!("https://localhost:{}", cp.api.port());
+    let r = tls
+        .get(format!("{url}/v1/status"))
+        .bearer_auth(&cp.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    // Plain HTTP on the TLS port gets no API answer.
+    let plain = reqwest::Client::new()
+        .get(format!("http://{}/healthz", cp.api))
+        .send()
+        .await;
+    assert!(plain.map(|r| r.status() != StatusCode::OK).unwrap_or(true));
+}
