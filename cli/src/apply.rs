@@ -6,9 +6,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
-use serde_json::json;
+use sentinel_api::{ApplyBody, ApplyCreated, ApplyNothingStored};
 
-use crate::client::{CliError, Client, message};
+use crate::client::{CliError, Client, body, message, typed};
 use crate::render::{self, Format, green};
 
 #[derive(clap::Args)]
@@ -36,10 +36,16 @@ pub async fn run(client: &Client, format: Format, args: &Args) -> Result<(), Cli
     if let Err(d) = sentinel_config::compile(&file_name, &source) {
         return Err(CliError::Invalid(d.render(render::color())));
     }
-    let body =
-        json!({ "source": source, "file": file_name, "message": args.message, "dry_run": true });
+    let dry_run = body(&ApplyBody {
+        source: source.clone(),
+        file: Some(file_name.clone()),
+        message: args.message.clone(),
+        author: None,
+        expect_version: None,
+        dry_run: true,
+    });
     let (status, plan) = client
-        .request(Method::POST, "/v1/configs", Some(&body), &[])
+        .request(Method::POST, "/v1/configs", Some(&dry_run), &[])
         .await?;
     if status == StatusCode::UNPROCESSABLE_ENTITY {
         return Err(CliError::Invalid(
@@ -50,7 +56,10 @@ pub async fn run(client: &Client, format: Format, args: &Args) -> Result<(), Cli
         return Err(CliError::Failed(message(&plan)));
     }
     if format == Format::Table {
-        render::diff(&plan["diff"]);
+        let plan: ApplyNothingStored = typed(&plan)?;
+        if let ApplyNothingStored::DryRun(plan) = plan {
+            render::diff(&body(&plan.diff));
+        }
     }
     if args.dry_run {
         if format == Format::Json {
@@ -58,14 +67,21 @@ pub async fn run(client: &Client, format: Format, args: &Args) -> Result<(), Cli
         }
         return Ok(());
     }
-    let mut body = json!({ "source": body["source"], "file": file_name, "message": args.message.clone().unwrap_or_default() });
-    let mut headers = Vec::new();
-    if let Some(n) = args.expect_version {
-        body["expect_version"] = json!(n);
-        headers.push(("If-Match", n.to_string()));
-    }
+    let apply = body(&ApplyBody {
+        source,
+        file: Some(file_name),
+        message: Some(args.message.clone().unwrap_or_default()),
+        author: None,
+        expect_version: args.expect_version,
+        dry_run: false,
+    });
+    let headers: Vec<(&str, String)> = args
+        .expect_version
+        .map(|n| ("If-Match", n.to_string()))
+        .into_iter()
+        .collect();
     let (status, result) = client
-        .request(Method::POST, "/v1/configs", Some(&body), &headers)
+        .request(Method::POST, "/v1/configs", Some(&apply), &headers)
         .await?;
     match status {
         StatusCode::CREATED | StatusCode::OK => {}
@@ -76,23 +92,25 @@ pub async fn run(client: &Client, format: Format, args: &Args) -> Result<(), Cli
         }
         _ => return Err(CliError::Failed(message(&result))),
     }
-    let version = result["version"].as_i64().unwrap_or(0);
-    match format {
-        Format::Json => render::json(&result),
-        Format::Table if status == StatusCode::CREATED => {
-            println!("{}", green(&format!("applied as v{version}")))
+    let (version, unchanged) = if status == StatusCode::CREATED {
+        (typed::<ApplyCreated>(&result)?.version, None)
+    } else {
+        match typed::<ApplyNothingStored>(&result)? {
+            ApplyNothingStored::Unchanged(u) => (u.version, Some(u.message)),
+            ApplyNothingStored::DryRun(_) => {
+                return Err(CliError::Failed(
+                    "the control plane answered a dry run to an apply".into(),
+                ));
+            }
         }
-        Format::Table => println!("{}", message_of(&result)),
+    };
+    match (format, unchanged) {
+        (Format::Json, _) => render::json(&result),
+        (Format::Table, None) => println!("{}", green(&format!("applied as v{version}"))),
+        (Format::Table, Some(message)) => println!("{message}"),
     }
     if let Some(timeout) = args.wait {
         crate::wait::wait(client, version, timeout).await?;
     }
     Ok(())
-}
-
-fn message_of(v: &serde_json::Value) -> String {
-    v["message"]
-        .as_str()
-        .map(str::to_string)
-        .unwrap_or_else(|| v.to_string())
 }

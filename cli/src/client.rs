@@ -134,11 +134,32 @@ impl Client {
     }
 }
 
+/// The human part of an API error body ([`sentinel_api::ErrorBody`];
+/// `error` from servers before the one error schema).
 pub fn message(v: &Value) -> String {
+    if let Ok(e) = serde_json::from_value::<sentinel_api::ErrorBody>(v.clone()) {
+        return e.message;
+    }
     v.get("error")
         .and_then(Value::as_str)
         .map(str::to_string)
         .unwrap_or_else(|| v.to_string())
+}
+
+/// A response body as the API's model: the CLI reads the server's answers
+/// through the same types the server writes them with (`sentinel-api`).
+pub fn typed<T: serde::de::DeserializeOwned>(v: &Value) -> Result<T, CliError> {
+    serde_json::from_value(v.clone()).map_err(|e| {
+        CliError::Failed(format!(
+            "the control plane answered in a shape this sentinelctl does not know ({e}); \
+             are the versions of sentinelctl and sentinel-cp compatible?"
+        ))
+    })
+}
+
+/// A request body from the API's model.
+pub fn body<T: serde::Serialize>(v: &T) -> Value {
+    serde_json::to_value(v).unwrap_or(Value::Null)
 }
 
 fn root_cause(e: &dyn std::error::Error) -> String {

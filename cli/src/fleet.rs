@@ -1,131 +1,143 @@
 //! Read-only views: `status`, `nodes`, `history`, `get`, `diff`, `health`.
 
-use crate::client::{CliError, Client};
-use crate::render::{self, Format, bold, green, red, s, table, time};
+use sentinel_api::{ActivationList, Diff, Health, NodeList, Status, VersionDetail, VersionList};
+use serde_json::json;
+
+use crate::client::{CliError, Client, typed};
+use crate::render::{self, Format, bold, green, red, table, time};
 
 pub async fn status(client: &Client, format: Format) -> Result<(), CliError> {
-    let st = client.get("/v1/status").await?;
+    let raw = client.get("/v1/status").await?;
     if format == Format::Json {
-        render::json(&st);
+        render::json(&raw);
         return Ok(());
     }
-    let a = &st["active"];
-    if a.is_null() {
-        println!("no configuration was applied yet");
-    } else {
-        println!(
-            "{} v{} ({}) by {} at {}{}",
-            bold("active:"),
-            s(&a["number"]),
-            &s(&a["hash"])[..12.min(s(&a["hash"]).len())],
-            s(&a["author"]),
-            time(&a["created_at_unix_ms"]),
-            a["message"]
-                .as_str()
-                .filter(|m| !m.is_empty())
-                .map(|m| format!(" — {m}"))
-                .unwrap_or_default()
-        );
-        let last = &st["last_activation"];
-        println!(
-            "{} {} v{} → v{} by {} at {}",
-            bold("last activation:"),
-            s(&last["kind"]),
-            s(&last["from_version"]),
-            s(&last["to_version"]),
-            s(&last["actor"]),
-            time(&last["at_unix_ms"])
-        );
+    let st: Status = typed(&raw)?;
+    let ver = |v: Option<i64>| v.map_or("-".to_string(), |v| v.to_string());
+    match &st.active {
+        None => println!("no configuration was applied yet"),
+        Some(a) => {
+            println!(
+                "{} v{} ({}) by {} at {}{}",
+                bold("active:"),
+                a.number,
+                &a.hash[..12.min(a.hash.len())],
+                a.author,
+                time(&json!(a.created_at_unix_ms)),
+                Some(a.message.as_str())
+                    .filter(|m| !m.is_empty())
+                    .map(|m| format!(" — {m}"))
+                    .unwrap_or_default()
+            );
+            if let Some(last) = &st.last_activation {
+                println!(
+                    "{} {} v{} → v{} by {} at {}",
+                    bold("last activation:"),
+                    last.kind,
+                    ver(last.from_version),
+                    last.to_version,
+                    last.actor,
+                    time(&json!(last.at_unix_ms))
+                );
+            }
+        }
     }
+    let n = &st.nodes;
     println!(
-        "{} {} total, {} connected",
+        "{} {} known, {} connected{}",
         bold("nodes:"),
-        s(&st["nodes"]["total"]),
-        s(&st["nodes"]["connected"])
+        n.total,
+        n.connected,
+        if n.expired > 0 {
+            format!(
+                " ({} expired: not seen for {}s, not counted)",
+                n.expired, n.expiry_secs
+            )
+        } else {
+            String::new()
+        }
     );
-    let rows: Vec<Vec<String>> = st["regions"]
-        .as_object()
-        .map(|m| {
-            m.iter()
-                .map(|(region, r)| {
-                    let versions = r["versions"]
-                        .as_object()
-                        .map(|v| {
-                            v.iter()
-                                .map(|(k, n)| format!("v{k}:{n}"))
-                                .collect::<Vec<_>>()
-                                .join(" ")
-                        })
-                        .unwrap_or_default();
-                    vec![
-                        region.clone(),
-                        s(&r["nodes"]),
-                        s(&r["connected"]),
-                        format!("{}/{}", s(&r["on_active"]), s(&r["connected"])),
-                        versions,
-                    ]
-                })
-                .collect()
+    let rows: Vec<Vec<String>> = st
+        .regions
+        .iter()
+        .map(|(region, r)| {
+            let versions = r
+                .versions
+                .iter()
+                .map(|(k, n)| format!("v{k}:{n}"))
+                .collect::<Vec<_>>()
+                .join(" ");
+            vec![
+                region.clone(),
+                r.nodes.to_string(),
+                r.connected.to_string(),
+                format!("{}/{}", r.on_active, r.nodes),
+                versions,
+            ]
         })
-        .unwrap_or_default();
+        .collect();
     table(
         &["REGION", "NODES", "CONNECTED", "ON ACTIVE", "VERSIONS"],
         &rows,
     );
-    for n in st["nacks"].as_array().into_iter().flatten() {
+    for n in &st.nacks {
+        let (resource, error) = n
+            .nack
+            .as_ref()
+            .map(|k| (k.resource.as_str(), k.error.as_str()))
+            .unwrap_or_default();
         println!(
-            "{} {} ({}): {}: {}",
+            "{} {} ({}): {resource}: {error}",
             red("NACK"),
-            s(&n["node"]),
-            s(&n["region"]),
-            s(&n["nack"]["resource"]),
-            s(&n["nack"]["error"])
+            n.node,
+            n.region
         );
     }
-    for n in st["disconnected"].as_array().into_iter().flatten() {
+    for n in &st.disconnected {
         println!(
-            "{} {} ({}), last seen {}",
+            "{} {} ({}), on v{}, last seen {} — not converged",
             red("disconnected"),
-            s(&n["node"]),
-            s(&n["region"]),
-            time(&n["last_seen_unix_ms"])
+            n.node,
+            n.region,
+            ver(n.acked_version),
+            time(&json!(n.last_seen_unix_ms))
         );
     }
     Ok(())
 }
 
 pub async fn nodes(client: &Client, format: Format) -> Result<(), CliError> {
-    let v = client.get("/v1/nodes").await?;
+    let raw = client.get("/v1/nodes").await?;
     if format == Format::Json {
-        render::json(&v);
+        render::json(&raw);
         return Ok(());
     }
-    let rows: Vec<Vec<String>> = v["nodes"]
-        .as_array()
-        .into_iter()
-        .flatten()
+    let list: NodeList = typed(&raw)?;
+    let rows: Vec<Vec<String>> = list
+        .nodes
+        .iter()
         .map(|n| {
-            let nack = if n["last_nack"].is_null() {
-                "-".into()
-            } else {
-                format!(
-                    "v{}: {}",
-                    s(&n["last_nack"]["version"]),
-                    s(&n["last_nack"]["error"])
-                )
-            };
+            let nack = n
+                .last_nack
+                .as_ref()
+                .map_or("-".to_string(), |k| format!("v{}: {}", k.version, k.error));
             vec![
-                s(&n["id"]),
-                s(&n["region"]),
-                s(&n["zone"]),
-                if n["connected"] == true {
+                n.id.clone(),
+                n.region.clone(),
+                n.zone.clone(),
+                if n.connected {
                     green("yes")
+                } else if n.expired {
+                    red("expired")
                 } else {
                     red("no")
                 },
-                format!("v{}", s(&n["acked_version"])),
-                s(&n["replica"]),
-                time(&n["last_seen_unix_ms"]),
+                format!(
+                    "v{}",
+                    n.acked_version.map_or("-".to_string(), |v| v.to_string())
+                ),
+                n.replica.clone(),
+                time(&json!(n.last_seen_unix_ms)),
                 nack,
             ]
         })
@@ -155,42 +167,44 @@ pub async fn history(client: &Client, format: Format) -> Result<(), CliError> {
         );
         return Ok(());
     }
+    let versions: VersionList = typed(&versions)?;
+    let activations: ActivationList = typed(&activations)?;
     println!("{}", bold("versions"));
-    let active = versions["active"].as_i64();
-    let rows: Vec<Vec<String>> = versions["versions"]
-        .as_array()
-        .into_iter()
-        .flatten()
+    let rows: Vec<Vec<String>> = versions
+        .versions
+        .iter()
         .map(|v| {
-            let mark = if v["number"].as_i64() == active {
+            let mark = if Some(v.number) == versions.active {
                 "*"
             } else {
                 ""
             };
             vec![
-                format!("v{}{mark}", s(&v["number"])),
-                s(&v["hash"]).chars().take(12).collect(),
-                s(&v["author"]),
-                time(&v["created_at_unix_ms"]),
-                s(&v["message"]),
+                format!("v{}{mark}", v.number),
+                v.hash.chars().take(12).collect(),
+                v.author.clone(),
+                time(&json!(v.created_at_unix_ms)),
+                v.message.clone(),
             ]
         })
         .collect();
     table(&["VERSION", "HASH", "AUTHOR", "CREATED", "MESSAGE"], &rows);
     println!("\n{}", bold("activations"));
-    let rows: Vec<Vec<String>> = activations["activations"]
-        .as_array()
-        .into_iter()
-        .flatten()
+    let rows: Vec<Vec<String>> = activations
+        .activations
+        .iter()
         .map(|a| {
             vec![
-                s(&a["id"]),
-                s(&a["kind"]),
-                format!("v{}", s(&a["from_version"])),
-                format!("v{}", s(&a["to_version"])),
-                s(&a["actor"]),
-                time(&a["at_unix_ms"]),
-                s(&a["message"]),
+                a.id.to_string(),
+                a.kind.clone(),
+                format!(
+                    "v{}",
+                    a.from_version.map_or("-".to_string(), |v| v.to_string())
+                ),
+                format!("v{}", a.to_version),
+                a.actor.clone(),
+                time(&json!(a.at_unix_ms)),
+                a.message.clone(),
             ]
         })
         .collect();
@@ -205,7 +219,7 @@ pub async fn get(client: &Client, format: Format, version: Option<i64>) -> Resul
     let v = client.get(&path).await?;
     match format {
         Format::Json => render::json(&v),
-        Format::Table => print!("{}", v["source"].as_str().unwrap_or_default()),
+        Format::Table => print!("{}", typed::<VersionDetail>(&v)?.source),
     }
     Ok(())
 }
@@ -227,10 +241,9 @@ pub async fn diff(
     match format {
         Format::Json => render::json(&v),
         Format::Table => {
-            println!(
-                "{}",
-                bold(&format!("v{} → v{}", s(&v["from"]), s(&v["to"])))
-            );
+            let d: Diff = typed(&v)?;
+            let n = |v: Option<i64>| v.map_or("-".to_string(), |v| v.to_string());
+            println!("{}", bold(&format!("v{} → v{}", n(d.from), n(d.to))));
             render::diff(&v);
         }
     }
@@ -243,42 +256,27 @@ pub async fn health(client: &Client, format: Format) -> Result<(), CliError> {
         render::json(&v);
         return Ok(());
     }
+    let h: Health = typed(&v)?;
     let mut rows = Vec::new();
-    for (upstream, targets) in v["upstreams"].as_object().into_iter().flatten() {
-        for t in targets.as_array().into_iter().flatten() {
-            let regions = t["regions"]
-                .as_object()
-                .map(|m| {
-                    m.iter()
-                        .map(|(r, c)| {
-                            format!(
-                                "{r}:{}/{}",
-                                s(&c["healthy"]),
-                                c["healthy"].as_i64().unwrap_or(0)
-                                    + c["unhealthy"].as_i64().unwrap_or(0)
-                            )
-                        })
-                        .collect::<Vec<_>>()
-                        .join(" ")
-                })
-                .unwrap_or_default();
-            let errors: Vec<String> = t["errors"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(s)
-                .collect();
+    for (upstream, targets) in &h.upstreams {
+        for t in targets {
+            let regions = t
+                .regions
+                .iter()
+                .map(|(r, c)| format!("{r}:{}/{}", c.healthy, c.healthy + c.unhealthy))
+                .collect::<Vec<_>>()
+                .join(" ");
             rows.push(vec![
                 upstream.clone(),
-                s(&t["target"]),
-                if t["healthy"] == true {
+                t.target.clone(),
+                if t.healthy {
                     green("healthy")
                 } else {
                     red("unhealthy")
                 },
-                format!("{}/{}", s(&t["healthy_reports"]), s(&t["reporting"])),
+                format!("{}/{}", t.healthy_reports, t.reporting),
                 regions,
-                errors.first().cloned().unwrap_or_else(|| "-".into()),
+                t.errors.first().cloned().unwrap_or_else(|| "-".into()),
             ]);
         }
     }
@@ -288,7 +286,7 @@ pub async fn health(client: &Client, format: Format) -> Result<(), CliError> {
     }
     println!(
         "fleet-wide unhealthy at ≥{}% of reporting proxies",
-        s(&v["quorum_percent"])
+        h.quorum_percent
     );
     table(
         &[

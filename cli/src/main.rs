@@ -7,9 +7,11 @@
 
 mod apply;
 mod client;
+mod endpoints;
 mod fleet;
 mod render;
 mod rollback;
+mod token;
 mod validate;
 mod wait;
 
@@ -30,6 +32,10 @@ Examples:
   sentinelctl diff 41 42
   sentinelctl get 41 > v41.kdl
   sentinelctl nodes -o json
+  sentinelctl endpoints payments
+  sentinelctl token create ci --role write --expires 90d
+  sentinelctl token create edge-1 --join --node edge-1
+  sentinelctl token revoke ci
 
 Server and token: --server/--token, SENTINEL_SERVER/SENTINEL_TOKEN, or the
 file $XDG_CONFIG_HOME/sentinel/sentinelctl.conf (lines `server = URL`,
@@ -72,6 +78,12 @@ enum Command {
     Validate(validate::Args),
     /// Upstream target health aggregated across the fleet.
     Health,
+    /// Discovered endpoints: targets, source, health, generation, staleness,
+    /// proxies on the current set.
+    Endpoints { upstream: Option<String> },
+    /// API tokens and proxy join tokens: create, list, revoke (admin).
+    #[command(subcommand)]
+    Token(token::Command),
     /// Print shell completions.
     Completions { shell: clap_complete::Shell },
 }
@@ -120,6 +132,10 @@ fn main() -> ExitCode {
             Command::Get { version } => fleet::get(&client, format, version).await,
             Command::Diff { from, to } => fleet::diff(&client, format, from, to).await,
             Command::Health => fleet::health(&client, format).await,
+            Command::Endpoints { upstream } => {
+                endpoints::run(&client, format, upstream.as_deref()).await
+            }
+            Command::Token(command) => token::run(&client, format, &command).await,
             Command::Validate(_) | Command::Completions { .. } => Ok(()),
         }
     });

@@ -3,9 +3,9 @@
 use std::time::Duration;
 
 use reqwest::Method;
-use serde_json::json;
+use sentinel_api::{RollbackBody, RollbackResult};
 
-use crate::client::{CliError, Client, message};
+use crate::client::{CliError, Client, body, message, typed};
 use crate::render::{self, Format, green};
 
 #[derive(clap::Args)]
@@ -22,22 +22,23 @@ pub struct Args {
 }
 
 pub async fn run(client: &Client, format: Format, args: &Args) -> Result<(), CliError> {
-    let body = json!({ "to": args.to, "message": args.message });
+    let request = body(&RollbackBody {
+        to: args.to,
+        message: args.message.clone(),
+    });
     let (status, result) = client
-        .request(Method::POST, "/v1/rollback", Some(&body), &[])
+        .request(Method::POST, "/v1/rollback", Some(&request), &[])
         .await?;
     if !status.is_success() {
         return Err(CliError::Failed(message(&result)));
     }
-    let to = result["to"].as_i64().unwrap_or(0);
+    let done: RollbackResult = typed(&result)?;
+    let to = done.to;
     match format {
         Format::Json => render::json(&result),
         Format::Table => println!(
             "{}",
-            green(&format!(
-                "rolled back from v{} to v{to}",
-                render::s(&result["from"])
-            ))
+            green(&format!("rolled back from v{} to v{to}", done.from))
         ),
     }
     if let Some(timeout) = args.wait {

@@ -248,3 +248,76 @@ async fn apply_wait_follows_real_proxies_in_two_regions() {
     assert!(out.contains("eu") && out.contains("1/1"), "{out}");
     drop(taken);
 }
+
+/// Right after a control-plane restart no proxy is connected yet, but the
+/// control plane knows three: `--wait` counts them and fails naming them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_wait_counts_known_nodes_that_are_not_connected() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let backend = DemoBackend::start(&workspace_bin("sentinel-bench-backend"), "web");
+    let mut cp = ControlPlane::start(&workspace_bin("sentinel-cp"), "", &[]).await;
+    let t = Some(cp.token.as_str().to_string());
+    let t = t.as_deref();
+    let urls = [cp.grpc_url()];
+    let proxy = workspace_bin("sentinel");
+    let mut proxies: Vec<Proxy> = ["p1", "p2", "p3"]
+        .iter()
+        .map(|name| Proxy::start(&proxy, name, "eu", &urls, &[]))
+        .collect();
+    let v1 = config(dir.path(), 1, backend.addr, "");
+    let connected = wait_for(Duration::from_secs(15), || async {
+        let (_, out, _) = ctl(&cp, t, &["nodes", "-o", "json"]);
+        serde_json::from_str::<serde_json::Value>(&out)
+            .map(|v| {
+                v["nodes"]
+                    .as_array()
+                    .map_or(0, |n| n.iter().filter(|n| n["connected"] == true).count())
+                    == 3
+            })
+            .unwrap_or(false)
+    })
+    .await;
+    assert!(connected, "proxies did not connect");
+    let (code, _, err) = ctl(&cp, t, &["apply", &v1, "--wait=20s"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("3/3 nodes on v1"), "{err}");
+
+    // The proxies stop, then the control plane is SIGKILLed and restarted.
+    for p in &mut proxies {
+        p.kill();
+    }
+    let gone = wait_for(Duration::from_secs(15), || async {
+        let (_, out, _) = ctl(&cp, t, &["nodes", "-o", "json"]);
+        serde_json::from_str::<serde_json::Value>(&out)
+            .map(|v| {
+                v["nodes"]
+                    .as_array()
+                    .is_some_and(|n| n.len() == 3 && n.iter().all(|n| n["connected"] == false))
+            })
+            .unwrap_or(false)
+    })
+    .await;
+    assert!(gone, "{}", ctl(&cp, t, &["nodes"]).1);
+    cp.restart().await;
+
+    let v2 = config(dir.path(), 2, backend.addr, "");
+    let (code, _, err) = ctl(&cp, t, &["apply", &v2, "--wait=3s"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("0/3 nodes on v2"), "{err}");
+    assert!(err.contains("not on v2"), "{err}");
+    for name in ["p1", "p2", "p3"] {
+        assert!(
+            err.lines()
+                .any(|l| l.contains(&format!("{name} (eu)")) && l.contains("disconnected")),
+            "{name} not reported as disconnected: {err}"
+        );
+    }
+    let (_, out, _) = ctl(&cp, t, &["status"]);
+    assert!(out.contains("0/3"), "{out}");
+    assert_eq!(
+        out.lines().filter(|l| l.contains("disconnected")).count(),
+        3,
+        "{out}"
+    );
+}

@@ -91,3 +91,30 @@ fn json_output_carries_structured_diagnostics() {
     assert_eq!(v[1]["diagnostics"][0]["line"], 1);
     assert_eq!(v[1]["diagnostics"][0]["help"], "did you mean `server`?");
 }
+
+#[test]
+fn features_proxies_cannot_run_are_rejected_with_a_located_diagnostic() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("unsupported.kdl");
+    std::fs::write(
+        &file,
+        "upstreams {\n  upstream \"u\" { target \"127.0.0.1:9\"; }\n}\nagents {\n  agent \"a\" { unix-socket \"/run/a.sock\"; }\n}\nobservability {\n  tracing {\n    backend \"otlp\" { endpoint \"http://127.0.0.1:4317\"; }\n  }\n}\nroutes {\n  route \"r\" { upstream \"u\"; }\n}\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_sentinelctl"))
+        .arg("validate")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("unsupported.kdl:4:1"), "{stderr}");
+    assert!(stderr.contains("`agents` is not supported yet"), "{stderr}");
+    assert!(stderr.contains("issue 14"), "{stderr}");
+    assert!(stderr.contains("unsupported.kdl:9:5"), "{stderr}");
+    assert!(
+        stderr.contains("`backend \"otlp\"` is not supported yet"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("issue 15"), "{stderr}");
+}

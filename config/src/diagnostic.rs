@@ -13,6 +13,14 @@ use std::sync::Arc;
 use miette::{GraphicalReportHandler, GraphicalTheme, LabeledSpan, NamedSource, SourceSpan};
 use serde::{Deserialize, Serialize};
 
+/// Most diagnostics reported for one document; the last one says how many
+/// more there were. Keeps the answer to a hostile document small.
+pub const MAX_DIAGNOSTICS: usize = 100;
+
+/// Longest `source_line` carried by a diagnostic; longer lines are cut to a
+/// window around the offending spot (marked with `…`).
+pub const MAX_SOURCE_LINE_BYTES: usize = 512;
+
 /// One problem in a configuration document.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Diagnostic {
@@ -78,9 +86,24 @@ impl SourceMap {
         let line_end = text[line_start..]
             .find('\n')
             .map_or(text.len(), |i| line_start + i);
-        let source_line = text[line_start..line_end]
-            .trim_end_matches('\r')
-            .to_string();
+        let whole_line = text[line_start..line_end].trim_end_matches('\r');
+        let source_line = if whole_line.len() <= MAX_SOURCE_LINE_BYTES {
+            whole_line.to_string()
+        } else {
+            // A hostile one-line document must not copy its whole text into
+            // every diagnostic: keep a window around the offending spot.
+            let mut from = offset
+                .saturating_sub(MAX_SOURCE_LINE_BYTES / 2)
+                .max(line_start);
+            while !text.is_char_boundary(from) {
+                from -= 1;
+            }
+            let mut to = (from + MAX_SOURCE_LINE_BYTES).min(line_start + whole_line.len());
+            while !text.is_char_boundary(to) {
+                to -= 1;
+            }
+            format!("…{}…", &text[from..to])
+        };
         let column = text[line_start..offset].chars().count() + 1;
         Diagnostic {
             file: self.file.clone(),
@@ -97,6 +120,20 @@ impl SourceMap {
     pub(crate) fn finish(self, mut diagnostics: Vec<Diagnostic>) -> Diagnostics {
         diagnostics.sort_by_key(|d| (d.offset, d.length));
         diagnostics.dedup();
+        if diagnostics.len() > MAX_DIAGNOSTICS {
+            let more = diagnostics.len() - (MAX_DIAGNOSTICS - 1);
+            diagnostics.truncate(MAX_DIAGNOSTICS - 1);
+            let last = diagnostics.last().map_or(0, |d| d.offset);
+            let mut note = self.diagnostic(
+                SourceSpan::from(last..last),
+                format!("{more} more errors not shown"),
+                Some(format!(
+                    "only the first {MAX_DIAGNOSTICS} problems of a document are reported"
+                )),
+            );
+            note.length = 0;
+            diagnostics.push(note);
+        }
         Diagnostics {
             file: self.file,
             source: self.text.to_string(),
@@ -140,6 +177,16 @@ impl Diagnostics {
         let named = NamedSource::new(&self.file, source).with_language("kdl");
         let mut out = String::new();
         for diagnostic in &self.diagnostics {
+            if diagnostic.source_line.starts_with('…') {
+                // miette cannot draw a caret past column 65,535 (it panics);
+                // a line that long is hostile anyway: print the plain form
+                // with the window kept in `source_line`.
+                out.push_str(&format!(
+                    "  × {diagnostic}\n    {}\n",
+                    diagnostic.source_line
+                ));
+                continue;
+            }
             let one = Rendered {
                 diagnostic,
                 source: &named,

@@ -8,11 +8,13 @@
 //! - `compile/` reads each block, applies defaults and checks references;
 //! - `snapshot` encodes resources deterministically and hashes them;
 //! - `print` writes the normalized KDL form back out;
+//! - `bounds` refuses documents too deep or too large for the parser, before it runs;
 //! - `env` resolves `${VAR}` references (only ever called on a proxy).
 //!
 //! Invariant: this crate performs no I/O except [`compile_file`] reading the
 //! file it is given, and holds no global state.
 
+pub mod bounds;
 mod compile;
 mod diagnostic;
 pub mod env;

@@ -328,6 +328,12 @@ fn route(o: &mut Out, r: &pb::Route) {
     o.close();
 }
 
+fn grace(o: &mut Out, empty_grace_ms: Option<u64>) {
+    if let Some(ms) = empty_grace_ms {
+        o.line(format!("empty-grace-secs {}", ms / 1000));
+    }
+}
+
 fn upstream(o: &mut Out, u: &pb::Upstream, endpoints: Option<&pb::Endpoints>) {
     use pb::discovery::Source;
     o.open(format!("upstream {}", q(&u.name)));
@@ -365,6 +371,7 @@ fn upstream(o: &mut Out, u: &pb::Upstream, endpoints: Option<&pb::Endpoints>) {
             if !d.resolver.is_empty() {
                 o.line(format!("resolver {}", q(&d.resolver)));
             }
+            grace(o, d.empty_grace_ms);
             o.close();
         }
         Some(Source::Consul(c)) => {
@@ -385,6 +392,10 @@ fn upstream(o: &mut Out, u: &pb::Upstream, endpoints: Option<&pb::Endpoints>) {
             if !c.token.is_empty() {
                 o.line(format!("token {}", q(&c.token)));
             }
+            if !c.ca_file.is_empty() {
+                o.line(format!("ca-file {}", q(&c.ca_file)));
+            }
+            grace(o, c.empty_grace_ms);
             o.close();
         }
         Some(Source::Kubernetes(k)) => {
@@ -402,6 +413,13 @@ fn upstream(o: &mut Out, u: &pb::Upstream, endpoints: Option<&pb::Endpoints>) {
             if !k.token_file.is_empty() {
                 o.line(format!("token-file {}", q(&k.token_file)));
             }
+            if !k.kubeconfig.is_empty() {
+                o.line(format!("kubeconfig {}", q(&k.kubeconfig)));
+            }
+            if !k.ca_file.is_empty() {
+                o.line(format!("ca-file {}", q(&k.ca_file)));
+            }
+            grace(o, k.empty_grace_ms);
             o.close();
         }
     }
@@ -485,6 +503,37 @@ fn upstream(o: &mut Out, u: &pb::Upstream, endpoints: Option<&pb::Endpoints>) {
         } else {
             "\"fail-open\""
         }
+    ));
+    if let Some(t) = &u.tls {
+        upstream_tls(o, t);
+    }
+    if u.fleet_health {
+        o.line(format!("fleet-health {}", b(u.fleet_health)));
+    }
+    o.close();
+}
+
+fn upstream_tls(o: &mut Out, t: &pb::UpstreamTls) {
+    o.open("tls");
+    if !t.sni.is_empty() {
+        o.line(format!("sni {}", q(&t.sni)));
+    }
+    if !t.ca_file.is_empty() {
+        o.line(format!("ca-file {}", q(&t.ca_file)));
+    }
+    if !t.client_cert_file.is_empty() {
+        o.line(format!("client-cert {}", q(&t.client_cert_file)));
+    }
+    if !t.client_key_file.is_empty() {
+        o.line(format!("client-key {}", q(&t.client_key_file)));
+    }
+    o.line(format!(
+        "insecure-skip-verify {}",
+        b(t.insecure_skip_verify)
+    ));
+    o.line(format!(
+        "alpn {}",
+        t.alpn.iter().map(|a| q(a)).collect::<Vec<_>>().join(" ")
     ));
     o.close();
 }

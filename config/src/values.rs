@@ -127,12 +127,31 @@ pub fn check_url(value: &str, schemes: &[&str]) -> Result<(), String> {
     Ok(())
 }
 
-/// A Redis URL, or a comma-separated list of cluster nodes where the first
-/// carries the scheme (`redis://a:6379,b:6379`).
+/// A Redis URL, a comma-separated list of cluster nodes where the first
+/// carries the scheme (`redis://a:6379,b:6379`), or Redis Sentinels and the
+/// master they name (`redis+sentinel://[:password@]s1:26379,s2:26379/mymaster`).
 pub fn check_redis_url(value: &str) -> Result<(), String> {
     let Some(resolved) = checkable(value)? else {
         return Ok(());
     };
+    if let Some(rest) = resolved
+        .strip_prefix("redis+sentinel://")
+        .or_else(|| resolved.strip_prefix("rediss+sentinel://"))
+    {
+        let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
+        let Some((hosts, master)) = rest.split_once('/') else {
+            return Err(format!(
+                "invalid sentinel URL `{resolved}`: name the master after the hosts (`…:26379/mymaster`)"
+            ));
+        };
+        if master.trim_matches('/').is_empty() {
+            return Err(format!("invalid sentinel URL `{resolved}`: no master name"));
+        }
+        for host in hosts.split(',') {
+            check_address(host.trim(), false)?;
+        }
+        return Ok(());
+    }
     let mut nodes = resolved.split(',');
     let first = nodes.next().unwrap_or_default().trim();
     check_url(first, &["redis", "rediss"])?;

@@ -39,6 +39,19 @@ fn with_help(
 
 fn cases() -> Vec<Case> {
     vec![
+        // --- two listeners that would bind the same socket (issue 11, defect 12)
+        with_help(
+            "duplicate listener address",
+            "listeners {\n  listener \"a\" { address \"127.0.0.1:8080\"; }\n  listener \"b\" { address @@\"127.0.0.1:8080\"; }\n}\n",
+            "listener `b` uses address `127.0.0.1:8080`, which listener `a` already uses",
+            "listener `a` binds the same address on line 2",
+        ),
+        with_help(
+            "listener address overlapping a wildcard",
+            "listeners {\n  listener \"any\" { address \"0.0.0.0:8080\"; }\n  listener \"lo\" { address @@\"127.0.0.1:8080\"; }\n}\n",
+            "listener `lo` uses address `127.0.0.1:8080`",
+            "an overlapping address (`0.0.0.0:8080`) on line 2",
+        ),
         // --- unknown nodes and properties, with suggestions
         with_help(
             "unknown top-level",
@@ -256,6 +269,36 @@ fn cases() -> Vec<Case> {
             "listeners {\n  listener \"l\" {\n    address \"127.0.0.1:1\"\n    default-route @@\"home\"\n  }\n}\n",
             "unknown route `home`",
         ),
+        // --- features proxies cannot run yet (config/src/compile/unsupported.rs)
+        case(
+            "redis sentinel url without a master",
+            "filters {\n  filter \"f\" {\n    type \"rate-limit\"\n    max-rps 1\n    backend \"redis\"\n    redis-url @@\"redis+sentinel://127.0.0.1:26379\"\n  }\n}\n",
+            "name the master after the hosts",
+        ),
+        with_help(
+            "agents block",
+            "@@agents {\n  agent \"a\" { unix-socket \"/run/a.sock\"; }\n}\n",
+            "`agents` is not supported yet: proxies cannot run external agents",
+            "issue 14",
+        ),
+        with_help(
+            "route naming agents",
+            "agents {\n  agent \"a\" { unix-socket \"/run/a.sock\"; }\n}\nroutes {\n  route \"r\" {\n    upstream \"api\"\n    @@agents \"a\"\n  }\n}\n",
+            "`agents \"a\"` is not supported yet",
+            "issue 14",
+        ),
+        with_help(
+            "route failure-mode open",
+            "routes {\n  route \"r\" {\n    upstream \"api\"\n    policies {\n      @@failure-mode \"open\"\n    }\n  }\n}\n",
+            "route `failure-mode \"open\"` is not supported yet",
+            "routes fail closed",
+        ),
+        with_help(
+            "otlp tracing",
+            "observability {\n  tracing {\n    @@backend \"otlp\" { endpoint \"http://127.0.0.1:4317\"; }\n  }\n}\n",
+            "`backend \"otlp\"` is not supported yet: proxies cannot run OTLP trace export",
+            "issue 15",
+        ),
         // --- conflicting or missing options
         case(
             "two path matchers",
@@ -266,6 +309,22 @@ fn cases() -> Vec<Case> {
             "targets with dns discovery",
             "upstreams {\n  upstream \"a\" {\n    target \"127.0.0.1:1\"\n    @@discovery \"dns\" { hostname \"x.internal\"; port 80; }\n  }\n}\n",
             "has both targets and discovery \"dns\"",
+        ),
+        case(
+            "dns resolver by name",
+            "upstreams {\n  upstream \"a\" {\n    discovery \"dns\" { hostname \"x.internal\"; port 80; resolver @@\"ns.internal:53\"; }\n  }\n}\n",
+            "invalid resolver `ns.internal:53`: expected an IP address and port",
+        ),
+        with_help(
+            "dns resolver and nameserver",
+            "upstreams {\n  upstream \"a\" {\n    discovery \"dns\" {\n      hostname \"x.internal\"\n      port 80\n      resolver \"127.0.0.1:53\"\n      @@nameserver \"127.0.0.1:54\"\n    }\n  }\n}\n",
+            "`nameserver` and `resolver` are the same option",
+            "keep one",
+        ),
+        case(
+            "negative empty grace",
+            "upstreams {\n  upstream \"a\" {\n    discovery \"consul\" { address \"127.0.0.1:8500\"; service \"s\"; empty-grace-secs @@-1; }\n  }\n}\n",
+            "empty-grace-secs",
         ),
         case(
             "no targets",
@@ -518,4 +577,27 @@ fn diagnostics_serialize_for_the_api() {
     assert_eq!(json["diagnostics"][0]["line"], 1);
     assert_eq!(json["diagnostics"][0]["column"], 1);
     assert_eq!(json["diagnostics"][0]["help"], "did you mean `server`?");
+}
+
+#[test]
+fn features_proxies_cannot_run_are_refused_but_their_supported_forms_compile() {
+    // The supported neighbours of each refused node still compile.
+    let ok = "observability {\n  tracing { enabled #false; sampling-rate 0.5; }\n}\nupstreams {\n  upstream \"a\" {\n    discovery \"static\"\n    target \"127.0.0.1:1\"\n  }\n}\nfilters {\n  filter \"f\" { type \"rate-limit\"; max-rps 1; backend \"local\"; }\n}\nroutes {\n  route \"r\" { upstream \"a\"; filters \"f\"; }\n}\n";
+    sentinel_config::compile("ok.kdl", ok).unwrap_or_else(|d| panic!("{}", d.render(false)));
+
+    // Every use is reported, once, in one pass, rendered with a caret.
+    let doc = "agents {\n  agent \"a\" { unix-socket \"/run/a.sock\"; }\n}\nobservability {\n  tracing {\n    backend \"otlp\" { endpoint \"http://127.0.0.1:4317\"; }\n  }\n}\nupstreams {\n  upstream \"u\" { target \"127.0.0.1:1\"; }\n}\nroutes {\n  route \"r\" { upstream \"u\"; agents \"a\"; }\n}\n";
+    let d = sentinel_config::compile("all.kdl", doc).unwrap_err();
+    let refused: Vec<(usize, usize)> = d
+        .iter()
+        .filter(|d| d.message.contains("is not supported yet"))
+        .map(|d| (d.line, d.column))
+        .collect();
+    assert_eq!(refused, vec![(1, 1), (6, 5), (13, 29)], "{d}");
+    let rendered = d.render(false);
+    assert!(rendered.contains("all.kdl:6:5"), "{rendered}");
+    assert!(
+        rendered.contains("6 │     backend \"otlp\" {") && rendered.contains("╰── here"),
+        "{rendered}"
+    );
 }

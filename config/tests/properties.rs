@@ -97,9 +97,10 @@ fn upstream(index: usize) -> impl Strategy<Value = Node> {
         proptest::option::of((1u32..5, subsequence(vec![500u32, 502, 503, 504], 0..3))),
         proptest::option::of((1u64..10_000, 1u64..60)),
         any::<bool>(),
+        proptest::option::of((any::<bool>(), any::<bool>())),
     )
         .prop_map(
-            move |(targets, weights, inline, lb, hc, retry, timeouts, breaker)| {
+            move |(targets, weights, inline, lb, hc, retry, timeouts, breaker, tls)| {
                 let mut children = Vec::new();
                 let target_nodes: Vec<Node> = targets
                     .iter()
@@ -171,6 +172,16 @@ fn upstream(index: usize) -> impl Strategy<Value = Node> {
                         "circuit-breaker",
                         vec![leaf("failure-threshold 3"), leaf("timeout-seconds 7")],
                     ));
+                }
+                if let Some((h2, sni)) = tls {
+                    let mut t = vec![leaf("ca-file \"${CERTS:-/etc/sentinel}/ca.pem\"")];
+                    if h2 {
+                        t.push(leaf("alpn \"h2\" \"http/1.1\""));
+                    }
+                    if sni {
+                        t.push(leaf(format!("sni \"u{index}.internal\"")));
+                    }
+                    children.push(block("tls", t));
                 }
                 block(format!("upstream \"u{index}\""), children)
             },
@@ -265,7 +276,9 @@ fn filter(index: usize) -> impl Strategy<Value = Node> {
             Just("header:X-Key,client-ip")
         ],
     )
-        .prop_map(move |(rps, burst, redis, key)| {
+        // `backend "redis"` is refused until issue 13 (compile/unsupported.rs);
+        // that issue brings the Redis options back here.
+        .prop_map(move |(rps, burst, explicit_backend, key)| {
             let mut c = vec![
                 leaf("type \"rate-limit\""),
                 leaf(format!("max-rps {rps}")),
@@ -274,10 +287,8 @@ fn filter(index: usize) -> impl Strategy<Value = Node> {
             if let Some(b) = burst {
                 c.push(leaf(format!("burst {b}")));
             }
-            if redis {
-                c.push(leaf("backend \"redis\""));
-                c.push(leaf("redis-url \"redis://127.0.0.1:6379\""));
-                c.push(leaf("redis-timeout-ms 20"));
+            if explicit_backend {
+                c.push(leaf("backend \"local\""));
             }
             block(format!("filter \"f{index}\""), c)
         })

@@ -6,66 +6,24 @@
 //! apply or rollback on this replica, on a PostgreSQL notification from
 //! another replica, and by a periodic poll that catches a missed
 //! notification. Sessions watch it; a change wakes every session once.
+//!
+//! What sessions stream is the *effective* configuration: the stored
+//! active version with the `Endpoints` resource of every upstream it
+//! discovers (dns, consul, kubernetes) replaced by the latest discovered
+//! set ([`Fleet::overlay_endpoints`] + [`Fleet::rebuild`], fed by
+//! `discovery`). Its `number` is the stored version's, its `hash` the
+//! effective one, so a discovery change is a new hash under the same
+//! number and reaches proxies as an endpoints-only delta. The overlay is
+//! kept across activations: a rollback keeps the discovered endpoints.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 
 use sentinel_proto as pb;
 use tokio::sync::watch;
 
+pub use crate::changes::{ActiveConfig, EndpointSet, Epoch, NodeUpdate};
 use crate::store::{Store, StoreError};
-
-/// The active configuration, ready to stream.
-#[derive(Debug)]
-pub struct ActiveConfig {
-    /// 0 before the first apply.
-    pub number: i64,
-    pub hash: String,
-    /// Sorted by (type, name); bodies are shared `Bytes`.
-    pub resources: Vec<pb::Resource>,
-    pub index: HashMap<(i32, String), usize>,
-    /// When this replica learnt about it (convergence is measured from here).
-    pub activated: Instant,
-}
-
-impl ActiveConfig {
-    pub fn empty() -> Self {
-        Self {
-            number: 0,
-            hash: String::new(),
-            resources: Vec::new(),
-            index: HashMap::new(),
-            activated: Instant::now(),
-        }
-    }
-
-    pub fn new(number: i64, resources: Vec<pb::Resource>) -> Self {
-        let hash = sentinel_config::config_hash(
-            resources
-                .iter()
-                .map(|r| (r.r#type, r.name.as_str(), r.version.as_str())),
-        );
-        let index = resources
-            .iter()
-            .enumerate()
-            .map(|(i, r)| ((r.r#type, r.name.clone()), i))
-            .collect();
-        Self {
-            number,
-            hash,
-            resources,
-            index,
-            activated: Instant::now(),
-        }
-    }
-
-    pub fn version_of(&self, kind: i32, name: &str) -> Option<&str> {
-        self.index
-            .get(&(kind, name.to_string()))
-            .map(|i| self.resources[*i].version.as_str())
-    }
-}
 
 /// One proxy's last health report.
 #[derive(Debug, Clone)]
@@ -73,47 +31,114 @@ pub struct Reported {
     pub region: String,
     pub targets: Vec<pb::TargetHealthReport>,
     pub at_unix_ms: i64,
+    /// The health stream that sent it (only that stream's end forgets it).
+    pub epoch: Epoch,
 }
 
-/// A change of a node's state, written to the store in the background so
-/// that streams never wait for the database (and keep working without it).
-#[derive(Debug, Clone)]
-pub enum NodeUpdate {
-    Connected(pb::Node),
-    Disconnected(String),
-    Ack {
-        id: String,
-        version: i64,
-        hash: String,
-    },
-    Nack {
-        id: String,
-        version: i64,
-        resource: String,
-        error: String,
-    },
+/// The delta sessions open on this replica: node id → (region, epoch).
+/// A node has at most one; a newer session of the same node replaces the
+/// older one, and the older one's end then changes nothing.
+#[derive(Debug, Default)]
+pub struct Sessions {
+    by_node: HashMap<String, (String, Epoch)>,
+    by_region: HashMap<String, usize>,
+    /// What each node's current session last converged on (ACK, or nothing
+    /// to send): `/v1/discovery` counts the nodes on each endpoint set.
+    holds: HashMap<String, Arc<ActiveConfig>>,
 }
 
+impl Sessions {
+    /// Registers `epoch` as the node's current session.
+    fn start(&mut self, node: &str, region: &str, epoch: Epoch) {
+        if let Some((old_region, _)) = self
+            .by_node
+            .insert(node.to_string(), (region.to_string(), epoch))
+        {
+            self.count(&old_region, -1);
+        }
+        self.count(region, 1);
+    }
+
+    /// Ends the session `epoch` of `node` if it is still the current one;
+    /// returns whether it was.
+    fn end(&mut self, node: &str, epoch: Epoch) -> bool {
+        match self.by_node.get(node) {
+            Some((_, current)) if *current == epoch => {}
+            _ => return false,
+        }
+        if let Some((region, _)) = self.by_node.remove(node) {
+            self.count(&region, -1);
+        }
+        self.holds.remove(node);
+        true
+    }
+
+    fn count(&mut self, region: &str, by: i64) {
+        let n = self.by_region.entry(region.to_string()).or_default();
+        *n = (*n as i64 + by).max(0) as usize;
+        crate::telemetry::connected(region, *n);
+    }
+
+    /// Nodes whose current session holds `upstream`'s endpoints at
+    /// `version`, and the number of sessions that hold anything.
+    pub fn holding(&self, upstream: &str, version: &str) -> (usize, usize) {
+        let kind = pb::ResourceType::Endpoints as i32;
+        let on = self
+            .holds
+            .values()
+            .filter(|c| c.version_of(kind, upstream) == Some(version))
+            .count();
+        (on, self.holds.len())
+    }
+
+    /// Sessions open on this replica.
+    pub fn open(&self) -> usize {
+        self.by_node.len()
+    }
+
+    /// The region of the node's current session.
+    pub fn region(&self, node: &str) -> Option<&str> {
+        self.by_node.get(node).map(|(r, _)| r.as_str())
+    }
+}
+
+/// Orders the sessions of one node, across replicas: microseconds since the
 pub struct Fleet {
-    updates: tokio::sync::mpsc::UnboundedSender<NodeUpdate>,
+    /// Node state on its way to the store (coalesced, bounded, retried).
+    updates: crate::store::writer::NodeWriter,
     /// Deltas between two configurations, computed once for every session
     /// that holds the first and needs the second.
-    deltas: Mutex<HashMap<(String, String), Arc<crate::stream::Delta>>>,
+    deltas: Mutex<HashMap<(String, String), Arc<crate::changes::Delta>>>,
     pub store: Store,
     pub replica: String,
     pub region: String,
     active: watch::Sender<Arc<ActiveConfig>>,
+    /// The stored active version (before the overlay) and its discovered
+    /// upstreams; the discovery leader watches it to reconcile its sources.
+    base: watch::Sender<Arc<Base>>,
+    /// The latest endpoint set of every discovered upstream (kept across
+    /// activations).
+    endpoints: Mutex<HashMap<String, Arc<EndpointSet>>>,
+    /// Upstream → targets the fleet's health quorum marks down (`health.rs`);
+    /// applied to upstreams with `fleet-health #true`.
+    marks: Mutex<HashMap<String, std::collections::BTreeSet<String>>>,
+    /// Serialises rebuilds of the effective configuration.
+    rebuild_lock: Mutex<()>,
+    /// Whether this replica leads discovery, and its runner while it does.
+    pub discovery: crate::discovery::State,
     refresh_lock: tokio::sync::Mutex<()>,
     health: Mutex<HashMap<String, Reported>>,
-    /// Sessions by node id, with the region (for metrics and status).
-    pub sessions: Mutex<HashMap<String, String>>,
+    /// The delta sessions open on this replica.
+    pub sessions: Mutex<Sessions>,
+    /// Proxies connected fleet-wide, as the poll last counted them.
+    fleet_size: std::sync::atomic::AtomicU32,
 }
 
 impl Fleet {
     pub fn new(store: Store, replica: String, region: String) -> Arc<Fleet> {
         let (active, _) = watch::channel(Arc::new(ActiveConfig::empty()));
-        let (updates, rx) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(write_updates(store.clone(), replica.clone(), rx));
+        let (base, _) = watch::channel(Arc::new(Base::default()));
+        let updates = crate::store::writer::NodeWriter::spawn(store.clone(), replica.clone());
         Arc::new(Fleet {
             updates,
             deltas: Mutex::new(HashMap::new()),
@@ -121,10 +146,32 @@ impl Fleet {
             replica,
             region,
             active,
+            base,
+            endpoints: Mutex::new(HashMap::new()),
+            marks: Mutex::new(HashMap::new()),
+            rebuild_lock: Mutex::new(()),
+            discovery: crate::discovery::State::default(),
             refresh_lock: tokio::sync::Mutex::new(()),
             health: Mutex::new(HashMap::new()),
-            sessions: Mutex::new(HashMap::new()),
+            sessions: Mutex::new(Sessions::default()),
+            fleet_size: std::sync::atomic::AtomicU32::new(0),
         })
+    }
+
+    /// The fleet's size for `DeltaResponse.peers`: proxies connected to any
+    /// live replica as the store last counted them, and never fewer than
+    /// the sessions open here.
+    pub fn peers(&self) -> u32 {
+        let local = self.sessions.lock().map_or(0, |s| s.open());
+        self.fleet_size
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .max(u32::try_from(local).unwrap_or(u32::MAX))
+    }
+
+    /// Records the fleet-wide count of connected proxies (the poll).
+    pub fn set_fleet_size(&self, n: u32) {
+        self.fleet_size
+            .store(n, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn current(&self) -> Arc<ActiveConfig> {
@@ -135,27 +182,178 @@ impl Fleet {
         self.active.subscribe()
     }
 
-    /// Reloads the active version from the store; returns whether it changed.
+    /// Reloads the active version from the store; returns whether the
+    /// effective configuration changed.
     pub async fn refresh(&self) -> Result<bool, StoreError> {
         let _one = self.refresh_lock.lock().await;
         let Some(stored) = self.store.active().await? else {
             return Ok(false);
         };
-        let current = self.current();
-        let mut resources = stored.resources;
-        resources.sort_by(|a, b| (a.r#type, &a.name).cmp(&(b.r#type, &b.name)));
-        let next = ActiveConfig::new(stored.record.number, resources);
-        if next.number == current.number && next.hash == current.hash {
+        let known = self.base();
+        if known.config.number == stored.record.number && known.stored_hash == stored.record.hash {
             return Ok(false);
         }
-        tracing::info!(version = next.number, hash = %&next.hash[..12.min(next.hash.len())], "active configuration changed");
-        self.active.send_replace(Arc::new(next));
-        Ok(true)
+        let mut resources = stored.resources;
+        resources.sort_by(|a, b| (a.r#type, &a.name).cmp(&(b.r#type, &b.name)));
+        let config = ActiveConfig::new(stored.record.number, resources);
+        tracing::info!(version = config.number, hash = %&config.hash[..12.min(config.hash.len())], "active configuration changed");
+        self.base
+            .send_replace(Arc::new(Base::new(Arc::new(config), stored.record.hash)));
+        Ok(self.rebuild())
+    }
+
+    /// The stored active version and its discovered upstreams.
+    pub fn base(&self) -> Arc<Base> {
+        self.base.borrow().clone()
+    }
+
+    pub fn subscribe_base(&self) -> watch::Receiver<Arc<Base>> {
+        self.base.subscribe()
+    }
+
+    /// Keeps the sets that differ from what the overlay holds for their
+    /// upstream (targets, health, stale flag, error or generation); returns
+    /// those. The intake's path: this replica's own sources. Does not
+    /// rebuild: call [`Fleet::rebuild`] after a batch.
+    pub fn overlay_endpoints(
+        &self,
+        sets: impl IntoIterator<Item = EndpointSet>,
+    ) -> Vec<Arc<EndpointSet>> {
+        self.overlay(sets, |_, _| true)
+    }
+
+    /// Like [`Fleet::overlay_endpoints`] for sets loaded from the store.
+    /// On a replica that does not lead, the store is the truth: any set
+    /// that differs is taken. On the leader, a stored set is taken only
+    /// when it was written after the one held, so a load never replaces a
+    /// newer set its own sources produced (and clock skew between replicas
+    /// never holds a follower back).
+    pub fn overlay_stored(
+        &self,
+        sets: impl IntoIterator<Item = EndpointSet>,
+        leader: bool,
+    ) -> Vec<Arc<EndpointSet>> {
+        self.overlay(sets, |held, new| {
+            !leader || new.updated_at_unix_ms > held.updated_at_unix_ms
+        })
+    }
+
+    fn overlay(
+        &self,
+        sets: impl IntoIterator<Item = EndpointSet>,
+        newer: impl Fn(&EndpointSet, &EndpointSet) -> bool,
+    ) -> Vec<Arc<EndpointSet>> {
+        let Ok(mut held) = self.endpoints.lock() else {
+            return Vec::new();
+        };
+        let mut changed = Vec::new();
+        for set in sets {
+            let keep_held = held.get(&set.upstream).is_some_and(|h| {
+                !newer(h, &set)
+                    || (h.resource.version == set.resource.version
+                        && h.stale == set.stale
+                        && h.error == set.error
+                        && h.generation == set.generation
+                        && h.source == set.source)
+            });
+            if !keep_held {
+                let set = Arc::new(set);
+                held.insert(set.upstream.clone(), Arc::clone(&set));
+                changed.push(set);
+            }
+        }
+        changed
+    }
+
+    /// The overlay's current set of every upstream, sorted by upstream.
+    pub fn endpoint_sets(&self) -> Vec<Arc<EndpointSet>> {
+        let mut v: Vec<_> = self
+            .endpoints
+            .lock()
+            .map(|h| h.values().cloned().collect())
+            .unwrap_or_default();
+        v.sort_by(|a, b| a.upstream.cmp(&b.upstream));
+        v
+    }
+
+    /// Recomputes the effective configuration from the stored version and
+    /// the overlay, and publishes it when its hash changed; returns whether
+    /// it did. Cost: one clone of the resource list (shared bodies), one
+    /// configuration hash; the index is shared with the stored version.
+    pub fn rebuild(&self) -> bool {
+        let Ok(_one) = self.rebuild_lock.lock() else {
+            return false;
+        };
+        let base = self.base();
+        let kind = pb::ResourceType::Endpoints as i32;
+        let mut replaced: Vec<(usize, pb::Resource)> = match self.endpoints.lock() {
+            Ok(held) => base
+                .discovered
+                .iter()
+                .filter_map(|u| {
+                    let set = held.get(&u.name)?;
+                    let i = *base.config.index.get(&(kind, u.name.clone()))?;
+                    (base.config.resources[i].version != set.resource.version)
+                        .then(|| (i, set.resource.clone()))
+                })
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        // Fleet health: only upstreams that ask for it and have marked
+        // targets are decoded and encoded again.
+        if let Ok(marks) = self.marks.lock() {
+            for upstream in &base.fleet_health {
+                let Some(down) = marks.get(upstream).filter(|d| !d.is_empty()) else {
+                    continue;
+                };
+                let Some(&i) = base.config.index.get(&(kind, upstream.clone())) else {
+                    continue;
+                };
+                let current = replaced
+                    .iter()
+                    .find(|(j, _)| *j == i)
+                    .map_or(&base.config.resources[i], |(_, r)| r);
+                let Some(marked) = crate::changes::mark_unhealthy(current, down) else {
+                    continue;
+                };
+                replaced.retain(|(j, _)| *j != i);
+                replaced.push((i, marked));
+            }
+        }
+        let next = if replaced.is_empty() {
+            Arc::clone(&base.config)
+        } else {
+            Arc::new(ActiveConfig::overlaid(&base.config, replaced))
+        };
+        let current = self.current();
+        if next.number == current.number && next.hash == current.hash {
+            return false;
+        }
+        tracing::debug!(version = next.number, hash = %&next.hash[..12.min(next.hash.len())], "effective configuration changed");
+        metrics::counter!("sentinel_cp_effective_rebuilds_total").increment(1);
+        self.active.send_replace(next);
+        true
+    }
+
+    /// Replaces the fleet-health marks (call [`Fleet::rebuild`] after).
+    pub fn set_marks(&self, marks: HashMap<String, std::collections::BTreeSet<String>>) {
+        if let Ok(mut m) = self.marks.lock() {
+            *m = marks;
+        }
+    }
+
+    /// Records that `node`'s session `epoch` converged on `config`.
+    pub fn session_holds(&self, node: &str, epoch: Epoch, config: &Arc<ActiveConfig>) {
+        if let Ok(mut s) = self.sessions.lock()
+            && s.by_node.get(node).is_some_and(|(_, e)| *e == epoch)
+        {
+            s.holds.insert(node.to_string(), Arc::clone(config));
+        }
     }
 
     /// Queues a node-state change for the store.
     pub fn record(&self, update: NodeUpdate) {
-        let _ = self.updates.send(update);
+        self.updates.record(update);
     }
 
     /// The delta from `from` to `to`, computed once (under the lock, so a
@@ -164,14 +362,14 @@ impl Fleet {
         &self,
         from: &ActiveConfig,
         to: &ActiveConfig,
-    ) -> Arc<crate::stream::Delta> {
+    ) -> Arc<crate::changes::Delta> {
         let key = (from.hash.clone(), to.hash.clone());
         let compute = || {
             let held = from
                 .resources
                 .iter()
                 .map(|r| (r.r#type, r.name.as_str(), r.version.as_str()));
-            Arc::new(crate::stream::delta(held, to))
+            Arc::new(crate::changes::delta(held, to))
         };
         let Ok(mut cache) = self.deltas.lock() else {
             return compute();
@@ -187,21 +385,33 @@ impl Fleet {
         d
     }
 
-    pub fn report_health(&self, node: &str, region: &str, targets: Vec<pb::TargetHealthReport>) {
+    /// Keeps the latest report of `node`'s health stream `epoch`.
+    pub fn report_health(&self, node: &str, epoch: Epoch, targets: Vec<pb::TargetHealthReport>) {
+        let region = self
+            .sessions
+            .lock()
+            .ok()
+            .and_then(|s| s.region(node).map(str::to_string))
+            .unwrap_or_default();
         if let Ok(mut h) = self.health.lock() {
             h.insert(
                 node.to_string(),
                 Reported {
-                    region: region.to_string(),
+                    region,
                     targets,
                     at_unix_ms: crate::store::now_ms(),
+                    epoch,
                 },
             );
         }
     }
 
-    pub fn forget_health(&self, node: &str) {
-        if let Ok(mut h) = self.health.lock() {
+    /// Forgets `node`'s health when the stream `epoch` that reported it ends
+    /// (a newer stream of the same node keeps its report).
+    pub fn forget_health(&self, node: &str, epoch: Epoch) {
+        if let Ok(mut h) = self.health.lock()
+            && h.get(node).is_some_and(|r| r.epoch == epoch)
+        {
             h.remove(node);
         }
     }
@@ -210,51 +420,74 @@ impl Fleet {
         self.health.lock().map(|h| h.clone()).unwrap_or_default()
     }
 
-    pub fn session_started(&self, node: &str, region: &str) -> bool {
-        let Ok(mut s) = self.sessions.lock() else {
-            return false;
-        };
-        let fresh = s.insert(node.to_string(), region.to_string()).is_none();
-        crate::telemetry::connected(&s);
-        fresh
+    /// Registers the delta session `epoch` as `node`'s current one.
+    pub fn session_started(&self, node: &str, region: &str, epoch: Epoch) {
+        if let Ok(mut s) = self.sessions.lock() {
+            s.start(node, region, epoch);
+        }
     }
 
-    pub fn session_ended(&self, node: &str) {
-        if let Ok(mut s) = self.sessions.lock() {
-            s.remove(node);
-            crate::telemetry::connected(&s);
+    /// Ends the delta session `epoch`; returns whether it was the node's
+    /// current session (only then is its health forgotten and its record
+    /// marked disconnected).
+    pub fn session_ended(&self, node: &str, epoch: Epoch) -> bool {
+        let current = self.sessions.lock().is_ok_and(|mut s| s.end(node, epoch));
+        if current && let Ok(mut h) = self.health.lock() {
+            h.remove(node);
         }
-        self.forget_health(node);
+        current
     }
 }
 
-/// Writes queued node updates in batches (one transaction each). A batch
-/// that fails (database down) is retried until it is written.
-async fn write_updates(
-    store: Store,
-    replica: String,
-    mut rx: tokio::sync::mpsc::UnboundedReceiver<NodeUpdate>,
-) {
-    let mut batch: Vec<NodeUpdate> = Vec::new();
-    loop {
-        if batch.is_empty() {
-            match rx.recv().await {
-                Some(u) => batch.push(u),
-                None => return,
-            }
+/// The stored active version, before the endpoints overlay.
+#[derive(Debug)]
+pub struct Base {
+    pub config: Arc<ActiveConfig>,
+    /// The hash the store records for the version.
+    pub stored_hash: String,
+    /// Its upstreams whose targets come from dns, consul or kubernetes
+    /// discovery (what the discovery leader reconciles its sources with).
+    pub discovered: Vec<pb::Upstream>,
+    /// Its upstreams with `fleet-health #true`.
+    pub fleet_health: Vec<String>,
+}
+
+impl Default for Base {
+    fn default() -> Self {
+        Base {
+            config: Arc::new(ActiveConfig::empty()),
+            stored_hash: String::new(),
+            discovered: Vec::new(),
+            fleet_health: Vec::new(),
         }
-        while batch.len() < 2000 {
-            match rx.try_recv() {
-                Ok(u) => batch.push(u),
-                Err(_) => break,
-            }
-        }
-        match store.write_node_updates(&batch, &replica).await {
-            Ok(()) => batch.clear(),
-            Err(e) => {
-                tracing::warn!(error = %e, pending = batch.len(), "cannot record node state; will retry");
-                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-            }
+    }
+}
+
+impl Base {
+    /// Decodes the upstreams once per stored version.
+    pub fn new(config: Arc<ActiveConfig>, stored_hash: String) -> Base {
+        use prost::Message;
+        let kind = pb::ResourceType::Upstream as i32;
+        let upstreams: Vec<pb::Upstream> = config
+            .resources
+            .iter()
+            .filter(|r| r.r#type == kind)
+            .filter_map(|r| pb::Upstream::decode(r.body.clone()).ok())
+            .collect();
+        let fleet_health = upstreams
+            .iter()
+            .filter(|u| u.fleet_health)
+            .map(|u| u.name.clone())
+            .collect();
+        let discovered = upstreams
+            .into_iter()
+            .filter(crate::discovery::is_discovered)
+            .collect();
+        Base {
+            config,
+            stored_hash,
+            discovered,
+            fleet_health,
         }
     }
 }

@@ -1,6 +1,8 @@
 //! Keeps this replica's active configuration current when another replica
 //! changes it: PostgreSQL LISTEN/NOTIFY for speed, plus a poll that catches
-//! anything missed (a dropped listener connection, SQLite).
+//! anything missed (a dropped listener connection, SQLite). The same two
+//! paths carry discovered endpoint sets from the discovery leader
+//! (`sentinel_endpoints`) to the replicas that do not lead.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +21,13 @@ pub fn spawn(fleet: Arc<Fleet>, poll: Duration) {
             if let Err(e) = fleet.refresh().await {
                 tracing::debug!(error = %e, "poll of the active configuration failed");
             }
+            if let Err(e) = crate::discovery::load(&fleet).await {
+                tracing::debug!(error = %e, "poll of the discovered endpoints failed");
+            }
+            match fleet.store.connected_nodes().await {
+                Ok(n) => fleet.set_fleet_size(n),
+                Err(e) => tracing::debug!(error = %e, "poll of the fleet's size failed"),
+            }
         }
     });
 }
@@ -27,11 +36,19 @@ async fn listen(fleet: Arc<Fleet>) {
     loop {
         match sqlx::postgres::PgListener::connect(&fleet.store.url).await {
             Ok(mut listener) => {
-                if let Err(e) = listener.listen("sentinel_activation").await {
+                if let Err(e) = listener
+                    .listen_all(["sentinel_activation", "sentinel_endpoints"])
+                    .await
+                {
                     tracing::warn!(error = %e, "LISTEN failed");
                 } else {
                     loop {
                         match listener.recv().await {
+                            Ok(n) if n.channel() == "sentinel_endpoints" => {
+                                if let Err(e) = crate::discovery::load(&fleet).await {
+                                    tracing::warn!(error = %e, "cannot load discovered endpoints after a notification");
+                                }
+                            }
                             Ok(n) => {
                                 tracing::debug!(version = n.payload(), "activation notified");
                                 if let Err(e) = fleet.refresh().await {

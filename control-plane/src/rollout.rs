@@ -6,10 +6,19 @@
 //! undone by rolling back again. After either, this replica reloads its
 //! active configuration at once (other replicas hear about it through
 //! PostgreSQL NOTIFY or their poll).
+//!
+//! Compilation ([`compile`]) never runs on an async worker: a document is
+//! CPU work of unknown size from an untrusted caller, so it runs on the
+//! blocking pool, at most [`MAX_CONCURRENT_COMPILES`] at a time, and the
+//! caller waits at most [`COMPILE_TIMEOUT`] (`--compile-timeout-secs`);
+//! past that the API answers 503
+//! and keeps serving (the compile finishes in the background and is dropped).
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use sentinel_config::Diagnostics;
+use sentinel_config::{Diagnostics, Snapshot};
+use tokio::sync::Semaphore;
 
 use crate::fleet::Fleet;
 use crate::store::{ApplyOutcome, NewVersion, StoreError};
@@ -20,19 +29,91 @@ pub enum RolloutError {
     Invalid(Diagnostics),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Compiling took longer than allowed (or waited too long for a turn).
+    #[error("compiling the configuration took longer than {} s; nothing was changed", .0.as_secs())]
+    CompileTimeout(Duration),
+    /// The compiler itself failed (a bug, never the document's fault).
+    #[error("the configuration compiler failed: {0}")]
+    CompileFailed(String),
+}
+
+/// Longest the API waits for one compilation (including its turn), unless
+/// `--compile-timeout-secs` says otherwise.
+pub const COMPILE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The limit in force, in milliseconds (set once at start).
+static COMPILE_LIMIT_MS: std::sync::atomic::AtomicU64 =
+    std::sync::atomic::AtomicU64::new(COMPILE_TIMEOUT.as_millis() as u64);
+
+/// Sets the longest the API waits for one compilation.
+pub fn set_compile_timeout(limit: Duration) {
+    COMPILE_LIMIT_MS.store(
+        (limit.as_millis() as u64).max(1),
+        std::sync::atomic::Ordering::Relaxed,
+    );
+}
+
+fn compile_timeout() -> Duration {
+    Duration::from_millis(COMPILE_LIMIT_MS.load(std::sync::atomic::Ordering::Relaxed))
+}
+
+/// Compilations running at once; the rest wait for a turn.
+pub const MAX_CONCURRENT_COMPILES: usize = 2;
+
+static COMPILES: Semaphore = Semaphore::const_new(MAX_CONCURRENT_COMPILES);
+
+/// Compiles `source` off the async workers, bounded in time and concurrency.
+pub async fn compile(file_name: &str, source: &str) -> Result<Snapshot, RolloutError> {
+    let (file_name, source) = (file_name.to_string(), source.to_string());
+    compile_with(compile_timeout(), move || {
+        sentinel_config::compile(&file_name, &source)
+    })
+    .await
+}
+
+async fn compile_with(
+    limit: Duration,
+    f: impl FnOnce() -> Result<Snapshot, Diagnostics> + Send + 'static,
+) -> Result<Snapshot, RolloutError> {
+    let work = async {
+        let permit = COMPILES
+            .acquire()
+            .await
+            .map_err(|e| RolloutError::CompileFailed(e.to_string()))?;
+        tokio::task::spawn_blocking(move || {
+            // The permit lives as long as the work, even past a timeout.
+            let _permit = permit;
+            f()
+        })
+        .await
+        .map_err(|e| RolloutError::CompileFailed(e.to_string()))
+    };
+    match tokio::time::timeout(limit, work).await {
+        Err(_) => {
+            tracing::warn!(
+                limit_secs = limit.as_secs(),
+                "configuration compile timed out"
+            );
+            Err(RolloutError::CompileTimeout(limit))
+        }
+        Ok(result) => result?.map_err(RolloutError::Invalid),
+    }
 }
 
 pub struct ApplyRequest {
     pub source: String,
     pub file_name: String,
+    /// The authenticated caller (the API token's name): recorded as the
+    /// activation's and the audit entry's actor.
+    pub actor: String,
+    /// Free text stored with the version.
     pub author: String,
     pub message: String,
     pub expect_version: Option<i64>,
 }
 
 pub async fn apply(fleet: &Arc<Fleet>, req: ApplyRequest) -> Result<ApplyOutcome, RolloutError> {
-    let snapshot =
-        sentinel_config::compile(&req.file_name, &req.source).map_err(RolloutError::Invalid)?;
+    let snapshot = compile(&req.file_name, &req.source).await?;
     let resources = snapshot.resources();
     let hash = snapshot.config_hash();
     let outcome = fleet
@@ -42,6 +123,7 @@ pub async fn apply(fleet: &Arc<Fleet>, req: ApplyRequest) -> Result<ApplyOutcome
             source: req.source,
             file_name: req.file_name,
             resources,
+            actor: req.actor,
             author: req.author,
             message: req.message,
             expect_version: req.expect_version,
@@ -79,5 +161,49 @@ async fn refresh(fleet: &Arc<Fleet>) {
     if let Err(e) = fleet.refresh().await {
         // Stored and committed; the poll will pick it up.
         tracing::warn!(error = %e, "cannot reload the active configuration after a change");
+    }
+}
+
+/// [`rollback`] with optimistic concurrency: refused (409) unless
+/// `expect` is the active version (`If-Match` on `POST /v1/rollback`).
+pub async fn rollback_if_match(
+    fleet: &Arc<Fleet>,
+    to: Option<i64>,
+    expect: Option<i64>,
+    actor: &str,
+    message: &str,
+) -> Result<(i64, i64), RolloutError> {
+    let result = fleet
+        .store
+        .rollback_expecting(to, expect, actor, message)
+        .await;
+    metrics::counter!("sentinel_cp_rollbacks_total", "result" => if result.is_ok() { "ok" } else { "error" })
+        .increment(1);
+    let pair = result?;
+    refresh(fleet).await;
+    Ok(pair)
+}
+
+#[cfg(test)]
+mod compile_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_slow_compile_times_out_and_frees_the_caller() {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let slow = compile_with(Duration::from_millis(50), move || {
+            // Blocks until the test lets it go: longer than the limit.
+            let _ = rx.recv();
+            sentinel_config::compile("x.kdl", "")
+        });
+        let result = slow.await;
+        assert!(
+            matches!(result, Err(RolloutError::CompileTimeout(_))),
+            "{result:?}"
+        );
+        let _ = tx.send(());
+        // The other permit still serves compiles meanwhile.
+        let ok = compile("y.kdl", "a {").await;
+        assert!(matches!(ok, Err(RolloutError::Invalid(_))), "{ok:?}");
     }
 }

@@ -1,4 +1,6 @@
-//! Wiring: open the store, bootstrap the admin token, load the active
+//! Wiring: open the store, bootstrap (or rotate) the admin token and the
+//! fleet join token, choose how proxies prove their node id (client
+//! certificate, join token, or — explicitly — nothing), load the active
 //! configuration, serve gRPC (optionally TLS / mTLS) and the REST API
 //! (optionally TLS), and shut down cleanly on SIGTERM: sessions end so
 //! proxies reconnect elsewhere, in-flight API requests finish.
@@ -14,7 +16,8 @@ use tokio::sync::watch;
 use tonic::codec::CompressionEncoding;
 
 use crate::fleet::Fleet;
-use crate::store::{Role, Store};
+use crate::identity::{StreamAuth, StreamAuthMode};
+use crate::store::{Ensured, Role, Store, TokenKind};
 use crate::stream::StreamService;
 
 #[derive(Debug, Clone)]
@@ -25,12 +28,23 @@ pub struct Settings {
     pub grpc_tls: Option<(PathBuf, PathBuf)>,
     pub grpc_client_ca: Option<PathBuf>,
     pub api_tls: Option<(PathBuf, PathBuf)>,
+    /// How long a client of the TLS API may take to finish its handshake.
+    pub api_tls_handshake_timeout: Duration,
     pub region: String,
     pub replica: String,
     pub bootstrap_token: Option<String>,
+    /// A fleet-wide join token ensured (created or rotated) at start.
+    pub join_token: Option<String>,
+    /// Accept streams without any proof of node identity (no mTLS, no join
+    /// token): an explicit opt-out, logged loudly.
+    pub insecure_streams: bool,
+    /// Under mTLS, the SPIFFE trust domain a `spiffe://…/node/ID` SAN must
+    /// carry (default: any; the client CA decides trust).
+    pub grpc_trust_domain: Option<String>,
     pub keepalive: Duration,
     pub poll: Duration,
     pub health_quorum_percent: u32,
+    pub node_expiry: Duration,
 }
 
 fn read(path: &PathBuf) -> anyhow::Result<Vec<u8>> {
@@ -47,18 +61,32 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             )
         })?;
     if let Some(secret) = &settings.bootstrap_token {
-        let hash = sentinel_config::sha256_hex(secret.as_bytes());
-        if store.ensure_token("bootstrap", &hash, Role::Admin).await? {
-            tracing::info!("created the bootstrap admin token");
-        }
+        ensure_token(
+            &store,
+            "bootstrap",
+            secret,
+            TokenKind::Api,
+            Some(Role::Admin),
+        )
+        .await?;
     }
+    if let Some(secret) = &settings.join_token {
+        ensure_token(&store, JOIN_TOKEN_NAME, secret, TokenKind::Join, None).await?;
+    }
+    let auth = Arc::new(StreamAuth::new(stream_auth_mode(&settings), store.clone()));
     let fleet = Fleet::new(store, settings.replica.clone(), settings.region.clone());
     if let Err(e) = fleet.refresh().await {
         tracing::warn!(error = %e, "cannot load the active configuration yet");
     }
     crate::telemetry::metrics();
     crate::telemetry::spawn_upkeep();
+    if let Err(e) = crate::discovery::load(&fleet).await {
+        tracing::warn!(error = %e, "cannot load the discovered endpoints yet");
+    }
     crate::notify::spawn(Arc::clone(&fleet), settings.poll);
+    let discovered = crate::discovery::intake(Arc::clone(&fleet));
+    crate::discovery::leader::spawn(Arc::clone(&fleet), discovered);
+    crate::health::spawn(Arc::clone(&fleet), settings.health_quorum_percent);
 
     let (shutdown_tx, shutdown) = watch::channel(false);
     tokio::spawn(async move {
@@ -72,12 +100,72 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         let _ = shutdown_tx.send(true);
     });
 
-    let grpc = grpc_server(&settings, Arc::clone(&fleet), shutdown.clone()).await?;
+    let grpc = grpc_server(&settings, Arc::clone(&fleet), auth, shutdown.clone()).await?;
     let api = api_server(&settings, Arc::clone(&fleet), shutdown.clone()).await?;
     let (g, a) = tokio::join!(grpc, api);
     g??;
     a??;
     Ok(())
+}
+
+/// The name of the fleet-wide join token given by `--join-token`.
+pub const JOIN_TOKEN_NAME: &str = "bootstrap-join";
+
+/// Creates or rotates a token given on the command line, and says so.
+async fn ensure_token(
+    store: &Store,
+    name: &str,
+    secret: &str,
+    kind: TokenKind,
+    role: Option<Role>,
+) -> anyhow::Result<()> {
+    let hash = sentinel_config::sha256_hex(secret.as_bytes());
+    match store
+        .ensure_token(name, &hash, kind, role)
+        .await
+        .with_context(|| format!("cannot store the `{name}` token"))?
+    {
+        Ensured::Created => tracing::info!(token = name, "created the token"),
+        Ensured::Unchanged => {}
+        Ensured::Rotated => tracing::warn!(
+            token = name,
+            "rotated the token: a new secret was given; the old secret no longer works"
+        ),
+        Ensured::Revoked => tracing::warn!(
+            token = name,
+            "the token given at start was revoked; it stays revoked (give a new secret to rotate it)"
+        ),
+    }
+    Ok(())
+}
+
+/// How proxies prove their node id: mTLS when a client CA is given, else
+/// join tokens unless streams were explicitly left open.
+fn stream_auth_mode(settings: &Settings) -> StreamAuthMode {
+    if settings.grpc_client_ca.is_some() {
+        if settings.insecure_streams {
+            tracing::warn!(
+                "--insecure-streams is ignored: --grpc-client-ca is set, node ids are checked against client certificates"
+            );
+        }
+        StreamAuthMode::ClientCertificate {
+            trust_domain: settings.grpc_trust_domain.clone(),
+        }
+    } else if settings.insecure_streams {
+        tracing::warn!(
+            "INSECURE STREAMS: --insecure-streams is set; any client that reaches the gRPC address can \
+             claim any node id, ACK or NACK in its name and report health for it. Use mTLS \
+             (--grpc-client-ca) or join tokens (--join-token / sentinelctl token create --join) instead"
+        );
+        StreamAuthMode::Insecure
+    } else {
+        if settings.join_token.is_none() {
+            tracing::info!(
+                "proxy streams need a join token (create one with `sentinelctl token create NAME --join`, or start with --join-token)"
+            );
+        }
+        StreamAuthMode::JoinToken
+    }
 }
 
 fn redact(url: &str) -> String {
@@ -98,6 +186,7 @@ async fn wait(mut shutdown: watch::Receiver<bool>) {
 async fn grpc_server(
     settings: &Settings,
     fleet: Arc<Fleet>,
+    auth: Arc<StreamAuth>,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<()>>> {
     let listener = tokio::net::TcpListener::bind(settings.grpc_addr)
@@ -108,6 +197,7 @@ async fn grpc_server(
         fleet,
         keepalive: settings.keepalive,
         shutdown: shutdown.clone(),
+        auth,
     };
     let svc = ConfigStreamServer::new(service)
         .accept_compressed(CompressionEncoding::Gzip)
@@ -145,7 +235,7 @@ async fn api_server(
         .await
         .with_context(|| format!("cannot bind the API address {}", settings.api_addr))?;
     tracing::info!(addr = %listener.local_addr()?, tls = settings.api_tls.is_some(), "REST API listening");
-    let app = crate::api::router(fleet, settings.health_quorum_percent);
+    let app = crate::api::router(fleet, settings.health_quorum_percent, settings.node_expiry);
     let Some((cert, key)) = &settings.api_tls else {
         return Ok(tokio::spawn(async move {
             axum::serve(listener, app)
@@ -169,26 +259,102 @@ async fn api_server(
     .context("API TLS certificate and key")?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    Ok(tokio::spawn(async move {
-        let mut shutdown = shutdown;
-        loop {
-            let (stream, _) = tokio::select! {
-                r = listener.accept() => r?,
-                _ = shutdown.changed() => return Ok(()),
-            };
-            let acceptor = acceptor.clone();
-            let app = app.clone();
-            tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(stream).await else {
-                    return;
-                };
-                let service = hyper_util::service::TowerToHyperService::new(app);
-                let _ = hyper_util::server::conn::auto::Builder::new(
-                    hyper_util::rt::TokioExecutor::new(),
-                )
-                .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
-                .await;
-            });
+    let handshake_timeout = settings.api_tls_handshake_timeout;
+    Ok(tokio::spawn(serve_tls(
+        listener,
+        acceptor,
+        app,
+        handshake_timeout,
+        shutdown,
+    )))
+}
+
+// === the TLS API server ===
+
+/// First pause after a failed `accept()`; doubled per failure up to
+/// [`ACCEPT_BACKOFF_MAX`], reset by the next success.
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// How long in-flight API requests may take to finish on shutdown.
+const API_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves the REST API over TLS until `shutdown`, then drains.
+///
+/// - A failed `accept()` (EMFILE, ENFILE, ECONNABORTED, …) never ends the
+///   loop: it is logged, and the loop backs off (10 ms doubling to 1 s) so a
+///   process out of file descriptors does not spin; connections already open
+///   keep being served meanwhile.
+/// - Every connection gets `handshake_timeout` to finish its TLS handshake,
+///   or it is closed: a client that connects and says nothing holds no task
+///   and no descriptor for long.
+/// - On shutdown the listener closes, every connection is told to finish its
+///   in-flight requests (hyper-util's `GracefulShutdown`), and the server
+///   waits up to [`API_DRAIN_TIMEOUT`] for them.
+async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    app: axum::Router,
+    handshake_timeout: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut backoff = ACCEPT_BACKOFF_MIN;
+    loop {
+        if *shutdown.borrow() {
+            break;
         }
-    }))
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = shutdown.changed() => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(pair) => {
+                backoff = ACCEPT_BACKOFF_MIN;
+                pair
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "REST API accept failed; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = shutdown.changed() => break,
+                }
+                backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
+                continue;
+            }
+        };
+        let acceptor = acceptor.clone();
+        let app = app.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "REST API TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, timeout_ms = handshake_timeout.as_millis() as u64, "REST API TLS handshake timed out; closing");
+                    return;
+                }
+            };
+            let service = hyper_util::service::TowerToHyperService::new(app);
+            let builder =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            let conn = builder
+                .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(tls), service)
+                .into_owned();
+            if let Err(e) = watcher.watch(conn).await {
+                tracing::debug!(%peer, error = %e, "REST API connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    tokio::select! {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(API_DRAIN_TIMEOUT) => {
+            tracing::warn!("REST API connections still open after the drain timeout; closing them");
+        }
+    }
+    Ok(())
 }

@@ -1,6 +1,5 @@
 //! Control-plane metrics (prefix `sentinel_cp_`) and logging set-up.
 
-use std::collections::HashMap;
 use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -13,9 +12,25 @@ pub const METRICS: &[&str] = &[
     "sentinel_cp_nacks_total",
     "sentinel_cp_convergence_seconds",
     "sentinel_cp_stream_errors_total",
+    "sentinel_cp_resyncs_total",
+    "sentinel_cp_stale_answers_total",
     "sentinel_cp_applies_total",
     "sentinel_cp_rollbacks_total",
     "sentinel_cp_health_reports_total",
+    "sentinel_cp_node_updates_queued",
+    "sentinel_cp_node_updates_dropped_total",
+    "sentinel_cp_stream_refusals_total",
+    "sentinel_cp_effective_rebuilds_total",
+    "sentinel_cp_discovery_leader",
+    "sentinel_cp_discovery_sets_received_total",
+    "sentinel_cp_discovery_store_queued",
+    "sentinel_cp_discovery_store_writes_total",
+    "sentinel_cp_fleet_health_marked_down",
+    // Registered by the sentinel-discovery crate under `discovery::METRIC_PREFIX`.
+    "sentinel_cp_discovery_targets",
+    "sentinel_cp_discovery_refresh_total",
+    "sentinel_cp_discovery_last_success_timestamp_seconds",
+    "sentinel_cp_discovery_stale",
 ];
 
 static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -51,24 +66,10 @@ pub fn spawn_upkeep() {
     });
 }
 
-static REGIONS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
-
-/// Publishes connected nodes per region (0 for regions that emptied).
-pub fn connected(sessions: &HashMap<String, String>) {
-    let mut by_region: HashMap<&str, usize> = HashMap::new();
-    for region in sessions.values() {
-        *by_region.entry(region.as_str()).or_default() += 1;
-    }
-    let Ok(mut seen) = REGIONS.lock() else { return };
-    for region in by_region.keys() {
-        if !seen.iter().any(|r| r == region) {
-            seen.push(region.to_string());
-        }
-    }
-    for region in seen.iter() {
-        let n = by_region.get(region.as_str()).copied().unwrap_or(0);
-        metrics::gauge!("sentinel_cp_connected_nodes", "region" => region.clone()).set(n as f64);
-    }
+/// Publishes the number of connected nodes of `region`.
+pub fn connected(region: &str, nodes: usize) {
+    metrics::gauge!("sentinel_cp_connected_nodes", "region" => region.to_string())
+        .set(nodes as f64);
 }
 
 pub fn init_logging() {

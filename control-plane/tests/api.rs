@@ -196,7 +196,8 @@ async fn every_status_code_of_the_api() {
     )
     .await;
     assert_eq!(s, StatusCode::FORBIDDEN);
-    assert!(b["error"].as_str().unwrap().contains("needs `write`"));
+    assert!(b["message"].as_str().unwrap().contains("needs `write`"));
+    assert_eq!(b["code"], "forbidden");
     assert_eq!(
         call(&cp, "GET", "/v1/status", Some(&viewer), None).await.0,
         StatusCode::OK
@@ -262,8 +263,9 @@ async fn database_down_answers_503_and_recovers_without_restart() {
     )
     .await;
     assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{b}");
+    assert_eq!(b["code"], "unavailable");
     assert!(
-        b["error"]
+        b["message"]
             .as_str()
             .unwrap()
             .contains("database is unavailable"),
@@ -345,4 +347,389 @@ async fn the_api_can_be_served_over_tls() {
         .send()
         .await;
     assert!(plain.map(|r| r.status() != StatusCode::OK).unwrap_or(true));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_actor_is_the_token_and_the_author_is_free_text() {
+    let cp = ControlPlane::start(std::path::Path::new(BIN), "", &[]).await;
+    let admin = Some(cp.token.as_str());
+    let (s, b) = call(
+        &cp,
+        "POST",
+        "/v1/configs",
+        admin,
+        Some(json!({"source": minimal(1), "author": "mallory", "message": "m"})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    // The harness's bootstrap token is named `bootstrap`.
+    let (_, audit) = call(&cp, "GET", "/v1/audit", admin, None).await;
+    let apply = audit["audit"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["action"] == "apply")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(apply["actor"], "bootstrap", "{audit}");
+    let (_, history) = call(&cp, "GET", "/v1/activations", admin, None).await;
+    assert_eq!(history["activations"][0]["actor"], "bootstrap", "{history}");
+    let (_, v) = call(&cp, "GET", "/v1/configs/1", admin, None).await;
+    assert_eq!(v["version"]["author"], "mallory", "{v}");
+}
+
+/// `docs/openapi.json` is the document the server serves, byte for byte.
+/// `SENTINEL_UPDATE_OPENAPI=1 cargo test -p sentinel-cp --test api
+/// committed_openapi_document_is_the_served_one` rewrites it (as does
+/// `sentinel-cp openapi > docs/openapi.json`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn committed_openapi_document_is_the_served_one() {
+    let cp = ControlPlane::start(std::path::Path::new(BIN), "", &[]).await;
+    let resp = client()
+        .get(format!("{}/v1/openapi.json", cp.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(
+        resp.headers()["content-type"].to_str().unwrap(),
+        "application/json"
+    );
+    let served = resp.text().await.unwrap();
+    let printed = std::process::Command::new(BIN)
+        .arg("openapi")
+        .output()
+        .unwrap();
+    assert!(printed.status.success());
+    assert_eq!(String::from_utf8(printed.stdout).unwrap(), served);
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/openapi.json");
+    if std::env::var_os("SENTINEL_UPDATE_OPENAPI").is_some() {
+        std::fs::write(&path, &served).unwrap();
+    }
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        committed == served,
+        "docs/openapi.json differs from the served document; regenerate it with \
+         `SENTINEL_UPDATE_OPENAPI=1 cargo test -p sentinel-cp --test api committed_openapi`"
+    );
+    // Complete: every operation has its role, parameters are declared, and
+    // every error answer refers to the one error schema.
+    let doc: Value = serde_json::from_str(&served).unwrap();
+    assert_eq!(doc["openapi"], "3.1.0");
+    assert_eq!(
+        doc["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
+    let number = &doc["paths"]["/v1/configs/{number}"]["get"]["parameters"][0];
+    assert_eq!(number["name"], "number");
+    assert_eq!(number["in"], "path");
+    let apply = &doc["paths"]["/v1/configs"]["post"];
+    assert_eq!(apply["x-sentinel-role"], "write");
+    for ct in ["application/json", "text/plain", "application/kdl"] {
+        assert!(apply["requestBody"]["content"][ct].is_object(), "{ct}");
+    }
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            assert!(op["x-sentinel-role"].is_string(), "{method} {path}");
+            for (status, r) in op["responses"].as_object().unwrap() {
+                if status.starts_with('4') || (path.starts_with("/v1/") && status.starts_with('5'))
+                {
+                    assert_eq!(
+                        r["content"]["application/json"]["schema"]["$ref"],
+                        "#/components/schemas/ErrorBody",
+                        "{method} {path} {status}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// What axum would answer in plain text is JSON in the error schema too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_error_is_json_in_the_error_schema() {
+    let cp = ControlPlane::start(std::path::Path::new(BIN), "", &[]).await;
+    let c = client();
+    let base = cp.url();
+    let check = |status: StatusCode, code: &'static str| {
+        move |resp: reqwest::Response| async move {
+            assert_eq!(resp.status(), status);
+            assert!(
+                resp.headers()["content-type"]
+                    .to_str()
+                    .unwrap()
+                    .starts_with("application/json")
+            );
+            let b: Value = resp.json().await.unwrap();
+            assert_eq!(b["code"], code, "{b}");
+            assert!(b["message"].as_str().is_some_and(|m| !m.is_empty()), "{b}");
+        }
+    };
+    // No JSON content type on a JSON-only body.
+    check(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")(
+        c.post(format!("{base}/v1/tokens"))
+            .bearer_auth(&cp.token)
+            .body(r#"{"name":"x","role":"read"}"#)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    // Malformed JSON and a field of the wrong type.
+    for body in [
+        "{",
+        r#"{"source": 5}"#,
+        r#"{"source": "", "dry_run": "yes"}"#,
+    ] {
+        check(StatusCode::BAD_REQUEST, "bad_request")(
+            c.post(format!("{base}/v1/configs"))
+                .bearer_auth(&cp.token)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+    }
+    // A path parameter and a query parameter of the wrong type.
+    for path in [
+        "/v1/configs/abc",
+        "/v1/configs?limit=x",
+        "/v1/configs?limit=0",
+        "/v1/diff?from=1.5",
+    ] {
+        check(StatusCode::BAD_REQUEST, "bad_request")(
+            c.get(format!("{base}{path}"))
+                .bearer_auth(&cp.token)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+    }
+    // Unknown path, unknown method.
+    check(StatusCode::NOT_FOUND, "not_found")(
+        c.get(format!("{base}/v1/nope")).send().await.unwrap(),
+    )
+    .await;
+    check(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")(
+        c.put(format!("{base}/v1/configs"))
+            .bearer_auth(&cp.token)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    // Invalid KDL: diagnostics and the rendered text beside code/message.
+    let resp = c
+        .post(format!("{base}/v1/configs"))
+        .bearer_auth(&cp.token)
+        .header("content-type", "text/plain")
+        .body("routes { route \"r\" { upstream \"missing\"; }; }\n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let b: Value = resp.json().await.unwrap();
+    assert_eq!(b["code"], "invalid_config");
+    assert!(b["diagnostics"][0]["line"].as_u64().is_some(), "{b}");
+    assert!(b["rendered"].as_str().is_some(), "{b}");
+}
+
+/// Apply takes raw KDL (`text/plain`, `application/kdl`) as well as JSON;
+/// the metadata of a raw body travels in the query string.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_accepts_raw_kdl_bodies() {
+    let cp = ControlPlane::start(std::path::Path::new(BIN), "", &[]).await;
+    let c = client();
+    let resp = c
+        .post(format!(
+            "{}/v1/configs?message=raw%20one&author=ops",
+            cp.url()
+        ))
+        .bearer_auth(&cp.token)
+        .header("content-type", "text/plain; charset=utf-8")
+        .body(minimal(1))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let resp = c
+        .post(format!("{}/v1/configs", cp.url()))
+        .bearer_auth(&cp.token)
+        .header("content-type", "application/kdl")
+        .header("if-match", "1")
+        .body(minimal(2))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let (s, v) = call(&cp, "GET", "/v1/configs/1", Some(&cp.token), None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["version"]["message"], "raw one");
+    assert_eq!(v["version"]["author"], "ops");
+    assert_eq!(v["source"], minimal(1));
+    // If-Match on a raw body: 409 when stale.
+    let resp = c
+        .post(format!("{}/v1/configs", cp.url()))
+        .bearer_auth(&cp.token)
+        .header("content-type", "application/kdl")
+        .header("if-match", "\"1\"")
+        .body(minimal(3))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CONFLICT);
+}
+
+/// Lists page with `limit` and `cursor` (`next_cursor` until the last
+/// page); reads carry an `ETag` and answer 304 to a matching `If-None-Match`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lists_page_and_reads_are_conditional() {
+    let cp = ControlPlane::start(std::path::Path::new(BIN), "", &[]).await;
+    let admin = Some(cp.token.as_str());
+    for port in 1..=5 {
+        let (s, b) = call(
+            &cp,
+            "POST",
+            "/v1/configs",
+            admin,
+            Some(json!({"source": minimal(port)})),
+        )
+        .await;
+        assert_eq!(s, StatusCode::CREATED, "{b}");
+    }
+    let mut seen = Vec::new();
+    let mut path = "/v1/configs?limit=2".to_string();
+    loop {
+        let (s, b) = call(&cp, "GET", &path, admin, None).await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+        for v in b["versions"].as_array().unwrap() {
+            seen.push(v["number"].as_i64().unwrap());
+        }
+        match b["next_cursor"].as_i64() {
+            Some(c) => path = format!("/v1/configs?limit=2&cursor={c}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen, vec![5, 4, 3, 2, 1]);
+    let (_, b) = call(&cp, "GET", "/v1/activations?limit=3", admin, None).await;
+    assert_eq!(b["activations"].as_array().unwrap().len(), 3);
+    let c = b["next_cursor"].as_i64().unwrap();
+    let (_, b) = call(
+        &cp,
+        "GET",
+        &format!("/v1/activations?limit=3&cursor={c}"),
+        admin,
+        None,
+    )
+    .await;
+    assert_eq!(b["activations"].as_array().unwrap().len(), 2);
+    assert!(b.get("next_cursor").is_none(), "{b}");
+    for name in ["a", "b", "c"] {
+        call(
+            &cp,
+            "POST",
+            "/v1/tokens",
+            admin,
+            Some(json!({"name": name, "role": "read"})),
+        )
+        .await;
+    }
+    let (_, b) = call(&cp, "GET", "/v1/tokens?limit=2", admin, None).await;
+    let names: Vec<&str> = b["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, vec!["a", "b"]);
+    let (_, b) = call(
+        &cp,
+        "GET",
+        &format!("/v1/tokens?cursor={}", b["next_cursor"].as_str().unwrap()),
+        admin,
+        None,
+    )
+    .await;
+    let names: Vec<&str> = b["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, vec!["bootstrap", "bootstrap-join", "c"]);
+
+    // ETag / If-None-Match.
+    let c = client();
+    let url = format!("{}/v1/configs/active", cp.url());
+    let first = c.get(&url).bearer_auth(&cp.token).send().await.unwrap();
+    assert_eq!(first.status(), StatusCode::OK);
+    let tag = first.headers()["etag"].to_str().unwrap().to_string();
+    let again = c
+        .get(&url)
+        .bearer_auth(&cp.token)
+        .header("if-none-match", &tag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), StatusCode::NOT_MODIFIED);
+    assert_eq!(again.headers()["etag"].to_str().unwrap(), tag);
+    assert!(again.text().await.unwrap().is_empty());
+    // A change makes the old tag stale.
+    call(
+        &cp,
+        "POST",
+        "/v1/configs",
+        admin,
+        Some(json!({"source": minimal(6)})),
+    )
+    .await;
+    let changed = c
+        .get(&url)
+        .bearer_auth(&cp.token)
+        .header("if-none-match", &tag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(changed.status(), StatusCode::OK);
+    assert_ne!(changed.headers()["etag"].to_str().unwrap(), tag);
+}
+
+/// `If-Match` on rollback: nothing changes unless it names the active version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollback_honours_if_match() {
+    let cp = ControlPlane::start(std::path::Path::new(BIN), "", &[]).await;
+    let admin = Some(cp.token.as_str());
+    for port in 1..=2 {
+        call(
+            &cp,
+            "POST",
+            "/v1/configs",
+            admin,
+            Some(json!({"source": minimal(port)})),
+        )
+        .await;
+    }
+    let rollback = |tag: &'static str| {
+        client()
+            .post(format!("{}/v1/rollback", cp.url()))
+            .bearer_auth(&cp.token)
+            .header("if-match", tag)
+            .send()
+    };
+    let stale = rollback("1").await.unwrap();
+    assert_eq!(stale.status(), StatusCode::CONFLICT);
+    let b: Value = stale.json().await.unwrap();
+    assert_eq!(b["code"], "conflict");
+    let (_, active) = call(&cp, "GET", "/v1/configs/active", admin, None).await;
+    assert_eq!(
+        active["version"]["number"], 2,
+        "a refused rollback changes nothing"
+    );
+    let ok = rollback("\"2\"").await.unwrap();
+    assert_eq!(ok.status(), StatusCode::OK);
+    let b: Value = ok.json().await.unwrap();
+    assert_eq!((b["from"].as_i64(), b["to"].as_i64()), (Some(2), Some(1)));
 }

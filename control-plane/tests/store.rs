@@ -1,7 +1,8 @@
 //! The store against both backends: a throwaway PostgreSQL cluster and an
 //! SQLite file. Every test body runs on each.
 
-use sentinel_cp::store::{ApplyOutcome, NewVersion, Role, Store, StoreError};
+use sentinel_cp::fleet::{Epoch, NodeUpdate};
+use sentinel_cp::store::{ApplyOutcome, NewVersion, Store, StoreError};
 use sentinel_proto as pb;
 use sentinel_tests::Postgres;
 
@@ -15,6 +16,7 @@ fn version(port: u16, author: &str, message: &str) -> NewVersion {
         source: doc,
         file_name: "t.kdl".into(),
         resources: snapshot.resources(),
+        actor: author.into(),
         author: author.into(),
         message: message.into(),
         expect_version: None,
@@ -138,26 +140,67 @@ async fn injection_shaped_strings_are_stored_verbatim() {
             region: "eu".into(),
             ..Default::default()
         };
-        store.node_connected(&node, "r1").await.unwrap();
+        let epoch = Epoch::next();
+        store
+            .write_node_updates(
+                &[NodeUpdate::Connected {
+                    node: node.clone(),
+                    epoch,
+                }],
+                "r1",
+            )
+            .await
+            .unwrap();
         assert_eq!(store.nodes().await.unwrap()[0].id, node.id);
     })
     .await;
 }
 
+fn hello(id: &str) -> pb::Node {
+    pb::Node {
+        id: id.into(),
+        region: "eu".into(),
+        zone: "a".into(),
+        build_version: "0.1".into(),
+        labels: vec![],
+    }
+}
+
+fn ack(id: &str, epoch: Epoch, version: i64) -> NodeUpdate {
+    NodeUpdate::Ack {
+        id: id.into(),
+        epoch,
+        version,
+        hash: format!("hash{version}"),
+    }
+}
+
+fn nack(id: &str, epoch: Epoch, version: i64) -> NodeUpdate {
+    NodeUpdate::Nack {
+        id: id.into(),
+        epoch,
+        version,
+        hash: format!("hash{version}"),
+        resource: "listener \"l\"".into(),
+        error: "cannot bind".into(),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_acks_nacks_and_tokens() {
     both(async |store: Store| {
-        let node = pb::Node {
-            id: "p1".into(),
-            region: "eu".into(),
-            zone: "a".into(),
-            build_version: "0.1".into(),
-            labels: vec![],
-        };
-        store.node_connected(&node, "replica-a").await.unwrap();
-        store.record_ack("p1", 4, "hash4").await.unwrap();
+        store.heartbeat("replica-a").await.unwrap();
+        let e1 = Epoch::next();
+        let updates = [
+            NodeUpdate::Connected {
+                node: hello("p1"),
+                epoch: e1,
+            },
+            ack("p1", e1, 4),
+            nack("p1", e1, 5),
+        ];
         store
-            .record_nack("p1", 5, "listener \"l\"", "cannot bind")
+            .write_node_updates(&updates, "replica-a")
             .await
             .unwrap();
         let n = &store.nodes().await.unwrap()[0];
@@ -166,24 +209,134 @@ async fn nodes_acks_nacks_and_tokens() {
             (n.acked_version, n.acked_hash.as_deref()),
             (Some(4), Some("hash4"))
         );
-        let nack = n.last_nack.clone().unwrap();
+        let last = n.last_nack.clone().unwrap();
         assert_eq!(
-            (nack.version, nack.resource.as_str(), nack.error.as_str()),
+            (last.version, last.resource.as_str(), last.error.as_str()),
             (5, "listener \"l\"", "cannot bind")
         );
-        // Another replica's disconnect does not clear this session.
-        store.node_disconnected("p1", "replica-b").await.unwrap();
-        assert!(store.nodes().await.unwrap()[0].connected);
-        store.node_disconnected("p1", "replica-a").await.unwrap();
+        store
+            .write_node_updates(
+                &[NodeUpdate::Disconnected {
+                    id: "p1".into(),
+                    epoch: e1,
+                }],
+                "replica-a",
+            )
+            .await
+            .unwrap();
         assert!(!store.nodes().await.unwrap()[0].connected);
+    })
+    .await;
+}
 
-        assert!(store.ensure_token("ci", "h1", Role::Write).await.unwrap());
-        assert!(!store.ensure_token("ci", "h2", Role::Admin).await.unwrap());
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_newest_session_changes_a_node() {
+    both(async |store: Store| {
+        store.heartbeat("a").await.unwrap();
+        store.heartbeat("b").await.unwrap();
+        let (old, new) = (Epoch::next(), Epoch::next());
+        let connected = |epoch| NodeUpdate::Connected {
+            node: hello("p1"),
+            epoch,
+        };
+        store
+            .write_node_updates(&[connected(old), ack("p1", old, 1)], "a")
+            .await
+            .unwrap();
+        // Reconnected on replica b; then a's old stream ends and a late ACK
+        // and NACK of it arrive.
+        store
+            .write_node_updates(&[connected(new)], "b")
+            .await
+            .unwrap();
+        store
+            .write_node_updates(
+                &[
+                    ack("p1", old, 7),
+                    nack("p1", old, 8),
+                    NodeUpdate::Disconnected {
+                        id: "p1".into(),
+                        epoch: old,
+                    },
+                ],
+                "a",
+            )
+            .await
+            .unwrap();
+        let n = &store.nodes().await.unwrap()[0];
+        assert!(n.connected, "{n:?}");
+        assert_eq!((n.replica.as_str(), n.acked_version), ("b", Some(1)));
+        assert!(n.last_nack.is_none(), "{n:?}");
+        // A hello of the older session written late changes nothing either.
+        store
+            .write_node_updates(&[connected(old)], "a")
+            .await
+            .unwrap();
+        assert_eq!(store.nodes().await.unwrap()[0].replica, "b");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ack_of_that_or_a_later_version_clears_the_nack() {
+    both(async |store: Store| {
+        store.heartbeat("a").await.unwrap();
+        let (e1, e2) = (Epoch::next(), Epoch::next());
+        let connected = |epoch| NodeUpdate::Connected {
+            node: hello("p1"),
+            epoch,
+        };
+        store
+            .write_node_updates(&[connected(e1), ack("p1", e1, 1), nack("p1", e1, 2)], "a")
+            .await
+            .unwrap();
+        // An ACK of an older version leaves the NACK current.
+        store
+            .write_node_updates(&[connected(e2), ack("p1", e2, 1)], "a")
+            .await
+            .unwrap();
         assert_eq!(
-            store.token("h1").await.unwrap(),
-            Some(("ci".to_string(), Role::Write))
+            store.nodes().await.unwrap()[0]
+                .last_nack
+                .as_ref()
+                .map(|n| n.version),
+            Some(2)
         );
-        assert_eq!(store.token("nope").await.unwrap(), None);
+        store
+            .write_node_updates(&[ack("p1", e2, 2)], "a")
+            .await
+            .unwrap();
+        let n = &store.nodes().await.unwrap()[0];
+        assert_eq!(n.acked_version, Some(2));
+        assert!(n.last_nack.is_none(), "{n:?}");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nack_history_keeps_the_newest_hundred_per_node() {
+    both(async |store: Store| {
+        store.heartbeat("a").await.unwrap();
+        let epoch = Epoch::next();
+        let connected = NodeUpdate::Connected {
+            node: hello("p1"),
+            epoch,
+        };
+        store.write_node_updates(&[connected], "a").await.unwrap();
+        // In batches below the writer's 20 queued events per node.
+        for chunk in (1..=120).collect::<Vec<i64>>().chunks(7) {
+            let batch: Vec<NodeUpdate> = chunk.iter().map(|v| nack("p1", epoch, *v)).collect();
+            store.write_node_updates(&batch, "a").await.unwrap();
+        }
+        store
+            .write_node_updates(&[nack("other", epoch, 1)], "a")
+            .await
+            .unwrap();
+        let events = store.node_events("p1", 1000).await.unwrap();
+        let versions: Vec<i64> = events.iter().map(|e| e.version).collect();
+        assert_eq!(versions, (21..=120).rev().collect::<Vec<_>>());
+        assert_eq!(events[0].error, "cannot bind");
+        assert_eq!(store.node_events("other", 10).await.unwrap().len(), 1);
     })
     .await;
 }

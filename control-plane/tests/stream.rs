@@ -7,7 +7,6 @@ use sentinel_proto::config_stream_client::ConfigStreamClient;
 use sentinel_tests::{ControlPlane, Postgres, wait_for};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
-use tonic::Streaming;
 
 const BIN: &str = env!("CARGO_BIN_EXE_sentinel-cp");
 
@@ -53,82 +52,12 @@ async fn nodes(cp: &ControlPlane) -> Value {
         .unwrap()
 }
 
-struct Session {
-    tx: mpsc::Sender<pb::DeltaRequest>,
-    rx: Streaming<pb::DeltaResponse>,
-}
+type Session = sentinel_tests::raw::RawStream;
 
 async fn connect(url: String, id: &str, held: Vec<pb::ResourceVersion>) -> Session {
-    let mut client = ConfigStreamClient::connect(url)
+    Session::connect(url, id, "test", held)
         .await
-        .unwrap()
-        .max_decoding_message_size(64 * 1024 * 1024);
-    let (tx, rx) = mpsc::channel(8);
-    let hello = pb::Hello {
-        node: Some(pb::Node {
-            id: id.into(),
-            region: "eu".into(),
-            zone: "a".into(),
-            build_version: "test".into(),
-            labels: vec![],
-        }),
-        held,
-        config_version: String::new(),
-    };
-    tx.send(pb::DeltaRequest {
-        kind: Some(pb::delta_request::Kind::Hello(hello)),
-    })
-    .await
-    .unwrap();
-    let rx = client
-        .delta(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
-    Session { tx, rx }
-}
-
-impl Session {
-    /// The next non-keepalive response, with all its chunks merged.
-    async fn next(&mut self, timeout: Duration) -> Option<pb::DeltaResponse> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        let mut merged: Option<pb::DeltaResponse> = None;
-        loop {
-            let msg = tokio::time::timeout_at(deadline, self.rx.message())
-                .await
-                .ok()?
-                .ok()??;
-            if msg.keepalive {
-                continue;
-            }
-            let last = msg.chunk + 1 == msg.chunk_count;
-            match &mut merged {
-                None => merged = Some(msg),
-                Some(m) => {
-                    assert_eq!(m.nonce, msg.nonce, "chunks share a nonce");
-                    m.resources.extend(msg.resources);
-                    m.removed.extend(msg.removed);
-                    m.chunk = msg.chunk;
-                }
-            }
-            if last {
-                return merged;
-            }
-        }
-    }
-
-    async fn ack(&self, r: &pb::DeltaResponse) {
-        let ack = pb::Ack {
-            nonce: r.nonce.clone(),
-            config_version: r.config_version.clone(),
-        };
-        self.tx
-            .send(pb::DeltaRequest {
-                kind: Some(pb::delta_request::Kind::Ack(ack)),
-            })
-            .await
-            .unwrap();
-    }
+        .expect("the control plane accepts the stream")
 }
 
 fn held(resources: &[pb::Resource]) -> Vec<pb::ResourceVersion> {
@@ -271,7 +200,9 @@ async fn bad_hello_is_rejected() {
     .await
     .unwrap();
     let err = client
-        .delta(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .delta(sentinel_tests::join_request(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        ))
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
@@ -289,7 +220,9 @@ async fn bad_hello_is_rejected() {
     .await
     .unwrap();
     let err = client
-        .delta(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .delta(sentinel_tests::join_request(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        ))
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
@@ -297,7 +230,14 @@ async fn bad_hello_is_rejected() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_routes_arrive_in_chunks() {
-    let cp = ControlPlane::start(std::path::Path::new(BIN), "", &[]).await;
+    // A 2.6 MB document takes a debug build 10–30 s to compile on a busy
+    // 2-core machine; this test is about chunking, not compile speed.
+    let cp = ControlPlane::start(
+        std::path::Path::new(BIN),
+        "",
+        &["--compile-timeout-secs", "300"],
+    )
+    .await;
     let mut doc =
         String::from("upstreams { upstream \"u\" { target \"127.0.0.1:9\"; }; }\nroutes {\n");
     for i in 0..10_000 {

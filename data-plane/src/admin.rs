@@ -1,7 +1,7 @@
 //! The admin listener: liveness, readiness, metrics and read-only views of
 //! the live runtime, plus an on-demand health check.
 //!
-//! Routes: `/health`, `/ready`, `/metrics`, `/admin/config`,
+//! Routes: `/health`, `/ready`, `/metrics` (or `observability.metrics.path`), `/admin/config`,
 //! `/admin/routes`, `/admin/upstreams`, `/admin/upstreams/{name}/health`,
 //! `POST /admin/upstreams/{name}/check`. Everything here reads the runtime
 //! through the same `ArcSwap` as the proxy; nothing here can change it.
@@ -40,6 +40,9 @@ pub fn router(proxy: Arc<Proxy>) -> Router {
         .route("/admin/upstreams", get(upstreams))
         .route("/admin/upstreams/{name}/health", get(upstream_health))
         .route("/admin/upstreams/{name}/check", post(check))
+        // `observability { metrics { path "…" } }` may move the metrics
+        // elsewhere; the handler serves them only at the configured path.
+        .fallback(get(metrics))
         .with_state(state)
 }
 
@@ -90,24 +93,27 @@ async fn ready(State(a): State<Admin>) -> Response {
         .into_response()
 }
 
-async fn metrics(State(a): State<Admin>) -> Response {
-    let enabled = a
-        .proxy
-        .runtime()
-        .and_then(|rt| {
-            rt.settings
-                .observability
-                .as_ref()
-                .and_then(|o| o.metrics.as_ref())
-                .map(|m| m.enabled)
-        })
-        .unwrap_or(true);
+async fn metrics(State(a): State<Admin>, uri: axum::http::Uri) -> Response {
+    let cfg = a.proxy.runtime().and_then(|rt| {
+        rt.settings
+            .observability
+            .as_ref()
+            .and_then(|o| o.metrics.clone())
+    });
+    let (enabled, path) = match &cfg {
+        Some(m) if !m.path.is_empty() => (m.enabled, m.path.as_str()),
+        Some(m) => (m.enabled, "/metrics"),
+        None => (true, "/metrics"),
+    };
+    if uri.path() != path {
+        return not_found("no such admin endpoint");
+    }
     if !enabled {
         return not_found("metrics are disabled by observability.metrics.enabled");
     }
     (
         [("content-type", "text/plain; version=0.0.4")],
-        a.metrics.render(),
+        crate::telemetry::render(&a.metrics),
     )
         .into_response()
 }
@@ -131,6 +137,8 @@ async fn config(State(a): State<Admin>, Query(q): Query<ConfigQuery>) -> Respons
     axum::Json(json!({
         "version": rt.version,
         "summary": rt.snapshot.summary(),
+        "workers": a.proxy.workers.view(),
+        "logging": crate::telemetry::logging_view(),
         "listeners": a.proxy.listeners.bound().iter().map(|(n, addr)| json!({"name": n, "address": addr.to_string()})).collect::<Vec<_>>(),
         "resources": rt.versions.iter().map(|v| json!({
             "type": sentinel_proto::ResourceType::try_from(v.r#type).map(|t| t.label()).unwrap_or("unknown"),

@@ -1,9 +1,19 @@
 //! Applying a snapshot: build, bind, swap, commit — or fail cleanly.
 //!
 //! [`Proxy::apply`] is the one path by which configuration goes live, for
-//! standalone files, SIGHUP reloads and (later) control-plane responses. It
-//! is serialised; a failure at any step leaves the live runtime and its
-//! listeners exactly as they were.
+//! standalone files, SIGHUP reloads, control-plane responses and the
+//! last-good cache. It is serialised; a failure at any step leaves the live
+//! runtime and its listeners exactly as they were.
+//!
+//! Building a runtime is slow (regexes, certificate files, thousands of
+//! routes) and must never occupy a tokio worker: with one worker that would
+//! stall every request for the length of the build. Callers on the runtime
+//! therefore go through [`off_workers`], which runs the build (and the
+//! last-good cache write with its fsync) on tokio's blocking pool while the
+//! workers keep serving the old runtime. The swap itself is one `ArcSwap`
+//! store. After it, the settings that are process-wide rather than
+//! per-runtime follow the new config: logging format and level, and the
+//! worker-thread count's "restart required" flag.
 
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -14,30 +24,65 @@ use sentinel_config::Snapshot;
 use crate::listeners::Listeners;
 use crate::proxy::Shared;
 use crate::runtime::{BuildError, ConfigVersion, Runtime};
+use crate::workers::Workers;
 
 pub struct Proxy {
     pub shared: Arc<Shared>,
     pub listeners: Listeners,
+    /// The worker threads this process runs, and what the live config asks.
+    pub workers: Workers,
     apply_lock: Mutex<()>,
 }
 
-impl Default for Proxy {
-    fn default() -> Self {
-        Self::new()
-    }
+/// Work that went to the blocking pool and never came back (it panicked).
+#[derive(Debug, thiserror::Error)]
+#[error("configuration work on the blocking pool failed: {0}")]
+pub struct OffWorkersError(String);
+
+/// Runs `work` (a runtime build, a reload, a cache read or write) on
+/// tokio's blocking pool, so the workers keep serving meanwhile.
+pub async fn off_workers<T, F>(work: F) -> Result<T, OffWorkersError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> T + Send + 'static,
+{
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| OffWorkersError(e.to_string()))
 }
 
 impl Proxy {
-    pub fn new() -> Self {
+    pub fn new(workers: Workers) -> Self {
         let shared = Arc::new(Shared::default());
         Self {
             listeners: Listeners::new(Arc::clone(&shared)),
             shared,
+            workers,
             apply_lock: Mutex::new(()),
         }
     }
 
-    /// Builds and swaps in a runtime for `snapshot`. Must run inside tokio.
+    /// [`Proxy::apply`] on the blocking pool: what async callers use.
+    pub async fn apply_off_workers(
+        self: &Arc<Self>,
+        snapshot: Snapshot,
+        version: ConfigVersion,
+    ) -> Result<Arc<Runtime>, BuildError> {
+        let proxy = Arc::clone(self);
+        off_workers(move || proxy.apply(snapshot, version))
+            .await
+            .unwrap_or_else(|e| {
+                Err(BuildError::new(
+                    sentinel_proto::ResourceType::Settings,
+                    sentinel_proto::SETTINGS_NAME,
+                    e.to_string(),
+                ))
+            })
+    }
+
+    /// Builds and swaps in a runtime for `snapshot`. Blocks for the length
+    /// of the build: call it on the blocking pool ([`off_workers`]), not on
+    /// a tokio worker. Must run inside a tokio runtime context.
     pub fn apply(
         &self,
         snapshot: Snapshot,
@@ -60,6 +105,15 @@ impl Proxy {
         let runtime = Arc::new(runtime);
         self.shared.runtime.store(Some(Arc::clone(&runtime)));
         self.listeners.commit(&runtime, plan);
+        crate::telemetry::apply_logging(
+            runtime
+                .settings
+                .observability
+                .as_ref()
+                .and_then(|o| o.logging.as_ref()),
+        );
+        self.workers
+            .observe(runtime.settings.server.map_or(0, |s| s.worker_threads));
         metrics::counter!("sentinel_config_applies_total", "result" => "success").increment(1);
         crate::telemetry::build_info(
             &runtime.version.hash,

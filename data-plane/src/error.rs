@@ -4,6 +4,10 @@
 //! came from (the client, the upstream, or the proxy itself) and whether the
 //! request may be retried on another target. [`ProxyError::status`] maps it
 //! to 4xx/502/503/504; nothing else in the proxy picks error statuses.
+//!
+//! The `Display` text is the detail for logs (it may name upstream
+//! addresses and error chains); clients only ever see
+//! [`ProxyError::public_reason`], a fixed phrase per kind.
 
 use http::StatusCode;
 
@@ -46,6 +50,12 @@ pub enum ProxyError {
     FilterFailed { filter: String, reason: String },
     #[error("the proxy is shutting down")]
     ShuttingDown,
+    #[error("the response body ran past the request deadline")]
+    BodyDeadline,
+    #[error("the response body stalled for more than {idle_ms} ms")]
+    BodyStalled { idle_ms: u64 },
+    #[error("the request body stalled for more than {timeout_ms} ms")]
+    RequestBodyTimeout { timeout_ms: u64 },
 }
 
 impl ProxyError {
@@ -55,10 +65,13 @@ impl ProxyError {
             | ProxyError::BodyTooLarge { .. }
             | ProxyError::UriTooLong { .. }
             | ProxyError::BadRequest(_)
-            | ProxyError::RateLimited { .. } => Source::Downstream,
+            | ProxyError::RateLimited { .. }
+            | ProxyError::RequestBodyTimeout { .. } => Source::Downstream,
             ProxyError::Connect { .. }
             | ProxyError::Timeout { .. }
-            | ProxyError::Upstream { .. } => Source::Upstream,
+            | ProxyError::Upstream { .. }
+            | ProxyError::BodyDeadline
+            | ProxyError::BodyStalled { .. } => Source::Upstream,
             ProxyError::NoTarget(_)
             | ProxyError::FilterFailed { .. }
             | ProxyError::ShuttingDown => Source::Internal,
@@ -86,10 +99,35 @@ impl ProxyError {
                 StatusCode::from_u16(*status).unwrap_or(StatusCode::TOO_MANY_REQUESTS)
             }
             ProxyError::Connect { .. } | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
-            ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Timeout { .. }
+            | ProxyError::BodyDeadline
+            | ProxyError::BodyStalled { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::RequestBodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ProxyError::NoTarget(_)
             | ProxyError::FilterFailed { .. }
             | ProxyError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// What the client is told: a fixed phrase that names no address,
+    /// no upstream error and no internal state (those go to the log).
+    pub fn public_reason(&self) -> &'static str {
+        match self {
+            ProxyError::NoRoute { .. } => "no route matches the request",
+            ProxyError::NoTarget(_) => "no available target",
+            ProxyError::Connect { .. } | ProxyError::Upstream { .. } => {
+                "the upstream could not be reached"
+            }
+            ProxyError::Timeout { .. }
+            | ProxyError::BodyDeadline
+            | ProxyError::BodyStalled { .. } => "the upstream did not answer in time",
+            ProxyError::BodyTooLarge { .. } => "request body too large",
+            ProxyError::UriTooLong { .. } => "request URI too long",
+            ProxyError::BadRequest(_) => "bad request",
+            ProxyError::RateLimited { .. } => "too many requests",
+            ProxyError::FilterFailed { .. } => "a filter failed",
+            ProxyError::ShuttingDown => "the proxy is shutting down",
+            ProxyError::RequestBodyTimeout { .. } => "the request body was not sent in time",
         }
     }
 }
@@ -123,5 +161,15 @@ mod tests {
         };
         assert_eq!(no_route.status(), StatusCode::NOT_FOUND);
         assert_eq!(no_route.source(), Source::Downstream);
+    }
+
+    #[test]
+    fn public_reasons_name_no_address() {
+        let e = ProxyError::Connect {
+            target: "10.9.8.7:8080".into(),
+            reason: "tcp connect error: Connection refused (os error 111)".into(),
+        };
+        assert!(!e.public_reason().contains("10.9.8.7"));
+        assert!(!e.public_reason().contains("refused"));
     }
 }

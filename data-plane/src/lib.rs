@@ -13,13 +13,20 @@
 //! Map: `routing` (route matching), `upstream/` (`balance`, `health`,
 //! `breaker`, pool and retry budget in `mod.rs`), `ratelimit`, `listeners`
 //! (accept, TLS, limits, drain), `admin` (admin listener), `telemetry`
-//! (logs and metrics), `error` (the one error type and its statuses).
+//! (logs and metrics, with logging that follows the live config), `workers`
+//! (the worker-thread count fixed at start), `error` (the one error type and
+//! its statuses), `timed_body` (deadlines on streamed bodies, and the
+//! upstream claim held until a response body ends).
+//!
+//! Invariant: the request path never takes a lock, and building a runtime
+//! never runs on a tokio worker (see `apply::off_workers`).
 
 pub mod admin;
 pub mod apply;
 pub mod body;
 pub mod cache;
 pub mod clock;
+pub mod discovered;
 pub mod error;
 pub mod listeners;
 pub mod proxy;
@@ -29,5 +36,7 @@ pub mod runtime;
 pub mod standalone;
 pub mod stream;
 pub mod telemetry;
+pub mod timed_body;
 pub mod tls;
 pub mod upstream;
+pub mod workers;

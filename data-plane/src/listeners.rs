@@ -6,7 +6,15 @@
 //! runtime is swapped in, [`Listeners::commit`] starts accepting on the new
 //! sockets, hands changed settings to kept listeners, and drains the ones
 //! that were removed (they stop accepting; their open connections finish
-//! their in-flight requests and close).
+//! their in-flight requests and close). Listeners are matched by address:
+//! renaming a listener keeps its socket.
+//!
+//! Connection timeouts enforced here: `header-read-timeout-secs` (hyper's
+//! HTTP/1 header timer, and the TLS handshake), `keepalive-timeout-secs`
+//! (a connection with no request for that long is closed gracefully, on
+//! HTTP/1 and HTTP/2 alike), and HTTP/2 keep-alive pings (every half the
+//! keep-alive timeout; a peer that does not answer within
+//! [`H2_PING_TIMEOUT`] is dropped).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -121,10 +129,8 @@ impl Listeners {
         let running = self.running.lock().map_err(|_| poisoned())?;
         let mut bound = Vec::new();
         for spec in &runtime.listeners {
-            if running
-                .iter()
-                .any(|r| r.name == spec.name && r.addr == spec.addr)
-            {
+            // Matched by address: a renamed listener keeps its socket.
+            if running.iter().any(|r| r.addr == spec.addr) {
                 continue;
             }
             // A listener moving to an address another listener holds now
@@ -155,10 +161,14 @@ impl Listeners {
         let Ok(mut running) = self.running.lock() else {
             return;
         };
-        running.retain(|r| {
-            let keep = runtime.listeners.iter().find(|s| s.name == r.name && s.addr == r.addr);
+        running.retain_mut(|r| {
+            let keep = runtime.listeners.iter().find(|s| s.addr == r.addr);
             match keep {
                 Some(spec) => {
+                    if r.name != spec.name {
+                        tracing::info!(from = %r.name, to = %spec.name, addr = %r.addr, "listener renamed");
+                        r.name = spec.name.clone();
+                    }
                     r.spec.store(Arc::new(spec.clone()));
                     true
                 }
@@ -298,8 +308,18 @@ async fn serve_connection(
         listener: Arc::from(spec.name.as_str()),
         tls: spec.tls.is_some(),
         stop: Some(stop.clone()),
+        activity: proxy::Activity::default(),
     });
     let header_timeout = Duration::from_millis(l.header_read_timeout_ms.max(1000));
+    let keepalive = Duration::from_millis(if l.keepalive_timeout_ms > 0 {
+        l.keepalive_timeout_ms
+    } else {
+        DEFAULT_KEEPALIVE_MS
+    });
+    let idle = Idle {
+        conn: Arc::clone(&conn),
+        timeout: keepalive,
+    };
     let mut builder = auto::Builder::new(TokioExecutor::new());
     let limits = shared
         .runtime
@@ -317,6 +337,8 @@ async fn serve_connection(
     builder
         .http2()
         .timer(TokioTimer::new())
+        .keep_alive_interval(Some((keepalive / 2).max(Duration::from_secs(1))))
+        .keep_alive_timeout(H2_PING_TIMEOUT)
         .max_header_list_size(limits.max_header_bytes.max(8192));
     let service = hyper::service::service_fn(move |req| {
         proxy::serve(Arc::clone(&shared), Arc::clone(&conn), req)
@@ -343,6 +365,7 @@ async fn serve_connection(
                 builder.serve_connection_with_upgrades(TokioIo::new(tls_stream), service),
                 stop,
                 shutdown,
+                idle,
             )
             .await;
         }
@@ -356,6 +379,7 @@ async fn serve_connection(
                 builder.serve_connection_with_upgrades(TokioIo::new(stream), service),
                 stop,
                 shutdown,
+                idle,
             )
             .await;
         }
@@ -364,8 +388,12 @@ async fn serve_connection(
 
 /// Runs a connection until it ends; on stop or shutdown, lets in-flight
 /// requests finish and closes it.
-async fn drive<C>(conn: C, mut stop: watch::Receiver<bool>, mut shutdown: watch::Receiver<bool>)
-where
+async fn drive<C>(
+    conn: C,
+    mut stop: watch::Receiver<bool>,
+    mut shutdown: watch::Receiver<bool>,
+    idle: Idle,
+) where
     C: std::future::Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>>
         + GracefulConnection,
 {
@@ -384,6 +412,15 @@ where
         }
         _ = stop.changed() => {}
         _ = shutdown.changed() => {}
+        _ = idle.expired() => {
+            // No request for the keep-alive timeout: close. A request
+            // racing in still gets its answer from the graceful close; an
+            // HTTP/2 peer that never answers the closing ping does not
+            // hold the connection past the grace.
+            conn.as_mut().begin_graceful();
+            let _ = tokio::time::timeout(IDLE_CLOSE_GRACE, conn).await;
+            return;
+        }
     }
     // Closing an idle keep-alive connection races with a request the client
     // may be sending on it right now. Keep serving a little while (responses
@@ -394,6 +431,42 @@ where
     }
     conn.as_mut().begin_graceful();
     let _ = conn.await;
+}
+
+/// `keepalive-timeout-secs` when a listener resource carries none.
+const DEFAULT_KEEPALIVE_MS: u64 = 60_000;
+
+/// How long an idle connection being closed may take to say goodbye.
+const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// How long an HTTP/2 keep-alive ping may go unanswered.
+pub const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A connection's idle timer: fires once the connection has had no request
+/// in progress for `timeout`.
+struct Idle {
+    conn: Arc<ConnInfo>,
+    timeout: Duration,
+}
+
+impl Idle {
+    async fn expired(&self) {
+        let timeout_ms = self.timeout.as_millis() as u64;
+        let opened_ms = crate::clock::now_ms();
+        loop {
+            let activity = &self.conn.activity;
+            let last = activity.last_ms().max(opened_ms);
+            let now = crate::clock::now_ms();
+            let wait_ms = if activity.in_flight() > 0 {
+                timeout_ms
+            } else if now >= last + timeout_ms {
+                return;
+            } else {
+                last + timeout_ms - now
+            };
+            tokio::time::sleep(Duration::from_millis(wait_ms.max(1))).await;
+        }
+    }
 }
 
 /// How long a draining connection keeps answering before it is closed.
@@ -415,5 +488,47 @@ where
 {
     fn begin_graceful(self: std::pin::Pin<&mut Self>) {
         self.graceful_shutdown();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn idle(timeout_ms: u64) -> Idle {
+        let conn = Arc::new(ConnInfo {
+            client: "127.0.0.1:1".parse().unwrap(),
+            client_ip: "127.0.0.1".into(),
+            listener: Arc::from("l"),
+            tls: false,
+            stop: None,
+            activity: proxy::Activity::default(),
+        });
+        Idle {
+            conn,
+            timeout: Duration::from_millis(timeout_ms),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_fires_after_the_timeout_without_requests() {
+        let idle = idle(1000);
+        let started = tokio::time::Instant::now();
+        idle.expired().await;
+        let waited = started.elapsed();
+        assert!(waited >= Duration::from_millis(1000), "{waited:?}");
+        assert!(waited < Duration::from_millis(1100), "{waited:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_in_progress_keeps_the_connection() {
+        let idle = idle(1000);
+        let guard = proxy::Activity::begin_for_test(&idle.conn);
+        let fired = tokio::time::timeout(Duration::from_secs(10), idle.expired()).await;
+        assert!(fired.is_err(), "closed under a request in progress");
+        drop(guard);
+        let started = tokio::time::Instant::now();
+        idle.expired().await;
+        assert!(started.elapsed() >= Duration::from_millis(1000));
     }
 }

@@ -10,7 +10,7 @@ use clap::Parser;
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use sentinel_proxy::{admin, apply::Proxy, standalone, telemetry};
+use sentinel_proxy::{admin, apply::Proxy, standalone, telemetry, workers::Workers};
 
 /// Sentinel reverse proxy.
 #[derive(Parser, Debug)]
@@ -43,6 +43,10 @@ struct Flags {
     /// Client key (PEM) for mTLS to the control plane.
     #[arg(long, env = "SENTINEL_CP_KEY_FILE")]
     cp_key_file: Option<PathBuf>,
+    /// Join token for control planes that do not use mTLS (sent as gRPC
+    /// metadata `authorization: Bearer TOKEN`).
+    #[arg(long, env = "SENTINEL_JOIN_TOKEN", hide_env_values = true)]
+    join_token: Option<String>,
     /// Seconds between health reports to the control plane.
     #[arg(long, env = "SENTINEL_HEALTH_REPORT_SECS", default_value_t = 5)]
     health_report_secs: u64,
@@ -62,6 +66,9 @@ struct Flags {
 
 fn main() -> ExitCode {
     let flags = Flags::parse();
+    if let Some(zone) = &flags.zone {
+        sentinel_proxy::upstream::set_local_zone(zone);
+    }
     let color = std::io::stderr().is_terminal();
     if flags.validate || flags.test_config.is_some() {
         let Some(path) = flags.test_config.clone().or(flags.config.clone()) else {
@@ -118,38 +125,50 @@ fn main() -> ExitCode {
             .as_ref()
             .and_then(|o| o.logging.as_ref()),
     );
-    let workers = workers(snapshot.settings.server.map(|s| s.worker_threads as usize));
-    serve(workers, flags.admin_addr, move |proxy| async move {
-        let version = standalone::version(&path, &snapshot);
-        proxy
-            .apply(snapshot, version)
-            .map_err(|e| anyhow::anyhow!("cannot apply {}: {e}", path.display()))?;
-        standalone::run(proxy, Some(path)).await
-    })
+    let workers = workers(snapshot.settings.server.map(|s| s.worker_threads));
+    serve(
+        workers,
+        flags.admin_addr,
+        move |proxy, signals| async move {
+            let version = standalone::version(&path, &snapshot);
+            proxy
+                .apply_off_workers(snapshot, version)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot apply {}: {e}", path.display()))?;
+            // Discovery blocks run in process and swap endpoints through the
+            // same apply path.
+            let discovery =
+                sentinel_proxy::discovered::StandaloneDiscovery::start(Arc::clone(&proxy));
+            standalone::run(proxy, Some(path), Some(discovery), signals).await
+        },
+    )
 }
 
-/// Worker threads: `SENTINEL_WORKERS`, else the config's, else one per core.
-fn workers(configured: Option<usize>) -> usize {
-    std::env::var("SENTINEL_WORKERS")
-        .ok()
-        .and_then(|w| w.parse::<usize>().ok())
-        .filter(|w| *w > 0)
-        .or(configured.filter(|w| *w > 0))
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+/// Worker threads: `SENTINEL_WORKERS`, else the config known at start,
+/// else one per core (see `workers`).
+fn workers(configured: Option<u32>) -> Workers {
+    Workers::at_start(
+        std::env::var("SENTINEL_WORKERS").ok().as_deref(),
+        configured,
+    )
 }
 
-/// Starts the runtime, metrics and the admin listener, then runs `body`.
-fn serve<F, Fut>(workers: usize, admin_addr: SocketAddr, body: F) -> ExitCode
+/// Starts the runtime, registers the signals, starts metrics and the admin
+/// listener, then runs `body`. The signals come first: from the moment
+/// anything can see the process up, a SIGHUP is a reload, never the
+/// default action (exit).
+fn serve<F, Fut>(workers: Workers, admin_addr: SocketAddr, body: F) -> ExitCode
 where
-    F: FnOnce(Arc<Proxy>) -> Fut,
+    F: FnOnce(Arc<Proxy>, standalone::Signals) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<usize>>,
 {
     // One worker: a current-thread runtime avoids cross-thread wake-ups.
-    let mut builder = if workers == 1 {
+    let count = workers.running();
+    let mut builder = if count == 1 {
         tokio::runtime::Builder::new_current_thread()
     } else {
         let mut b = tokio::runtime::Builder::new_multi_thread();
-        b.worker_threads(workers);
+        b.worker_threads(count);
         b
     };
     let runtime = match builder.enable_all().build() {
@@ -160,14 +179,15 @@ where
         }
     };
     let result = runtime.block_on(async move {
+        let signals = standalone::Signals::install()?;
         telemetry::metrics();
         telemetry::spawn_upkeep();
-        let proxy = Arc::new(Proxy::new());
+        let proxy = Arc::new(Proxy::new(workers));
         let (bound, _admin) = admin::serve(Arc::clone(&proxy), admin_addr)
             .await
             .map_err(|e| anyhow::anyhow!("cannot bind admin listener {admin_addr}: {e}"))?;
-        tracing::info!(admin_addr = %bound, workers, "admin listener up");
-        body(proxy).await
+        tracing::info!(admin_addr = %bound, workers = count, "admin listener up");
+        body(proxy, signals).await
     });
     match result {
         Ok(_) => ExitCode::SUCCESS,
@@ -184,7 +204,19 @@ fn read_file(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
 }
 
 fn control_plane_mode(flags: Flags) -> ExitCode {
-    telemetry::init_logging(None);
+    // Start with the logging and worker threads of the config this proxy
+    // will serve first: its last-good cache.
+    let cached = flags
+        .cache_dir
+        .as_deref()
+        .and_then(sentinel_proxy::stream::cached_settings);
+    telemetry::init_logging(
+        cached
+            .as_ref()
+            .and_then(|s| s.observability.as_ref())
+            .and_then(|o| o.logging.as_ref()),
+    );
+    let workers = workers(cached.and_then(|s| s.server).map(|s| s.worker_threads));
     let node_id = flags.node_id.clone().unwrap_or_else(|| {
         std::fs::read_to_string("/etc/hostname")
             .map(|h| h.trim().to_string())
@@ -227,20 +259,25 @@ fn control_plane_mode(flags: Flags) -> ExitCode {
         labels: vec![],
     };
     let urls = flags.control_plane.clone();
-    serve(workers(None), flags.admin_addr, move |proxy| async move {
-        let (stop, stopped) = tokio::sync::watch::channel(false);
-        let client = sentinel_proxy::stream::Client {
-            urls,
-            node,
-            cache_dir: flags.cache_dir.clone(),
-            tls,
-            proxy: Arc::clone(&proxy),
-            health_interval: std::time::Duration::from_secs(flags.health_report_secs.max(1)),
-        };
-        let task = tokio::spawn(client.run(stopped));
-        let left = standalone::run(proxy, None).await;
-        let _ = stop.send(true);
-        task.abort();
-        left
-    })
+    serve(
+        workers,
+        flags.admin_addr,
+        move |proxy, signals| async move {
+            let (stop, stopped) = tokio::sync::watch::channel(false);
+            let client = sentinel_proxy::stream::Client {
+                urls,
+                node,
+                cache_dir: flags.cache_dir.clone(),
+                tls,
+                proxy: Arc::clone(&proxy),
+                health_interval: std::time::Duration::from_secs(flags.health_report_secs.max(1)),
+                join_token: flags.join_token.clone(),
+            };
+            let task = tokio::spawn(client.run(stopped));
+            let left = standalone::run(proxy, None, None, signals).await;
+            let _ = stop.send(true);
+            task.abort();
+            left
+        },
+    )
 }

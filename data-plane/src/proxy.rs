@@ -11,7 +11,15 @@
 //!
 //! The runtime is read with one `ArcSwap` load at the start; the request
 //! finishes on that snapshot whatever swaps happen meanwhile. Errors are
-//! [`ProxyError`]s; their statuses come from `error.rs` only.
+//! [`ProxyError`]s; their statuses come from `error.rs` only, and clients
+//! see only their public reason and the request id (the detail is logged).
+//!
+//! Timeouts on the way through: the response head must come within the
+//! smaller of the `request` (or route `timeout-secs`) and `read` timeouts;
+//! the response body must end by the `request` deadline and never stall
+//! longer than `read`; the client's upload may not stall longer than
+//! `write`. The target's in-flight claim is held until the response body
+//! ends or is dropped (see `timed_body`).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -23,6 +31,7 @@ use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body::Body as _;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -34,6 +43,7 @@ use crate::error::ProxyError;
 use crate::ratelimit::{self, Decision};
 use crate::routing::RouteEntry;
 use crate::runtime::Runtime;
+use crate::timed_body::{Side, TimedBody};
 use crate::upstream::balance::PickContext;
 use crate::upstream::{Outcome, Upstream};
 
@@ -54,6 +64,54 @@ pub struct ConnInfo {
     pub tls: bool,
     /// Set when its listener was removed: answer with `Connection: close`.
     pub stop: Option<tokio::sync::watch::Receiver<bool>>,
+    /// Requests in progress and when the last one started or ended, for
+    /// the listener's idle (keep-alive) timeout.
+    pub activity: Activity,
+}
+
+/// Request activity of one connection (atomics; no lock).
+#[derive(Debug, Default)]
+pub struct Activity {
+    in_flight: std::sync::atomic::AtomicUsize,
+    last_ms: std::sync::atomic::AtomicU64,
+}
+
+impl Activity {
+    /// Marks a request of `conn` as started; the returned guard marks it
+    /// ended (it travels with a proxied response body until that ends).
+    fn begin(conn: &Arc<ConnInfo>) -> ActivityGuard {
+        let a = &conn.activity;
+        a.in_flight.fetch_add(1, Ordering::AcqRel);
+        a.last_ms.store(crate::clock::now_ms(), Ordering::Release);
+        ActivityGuard(Arc::clone(conn))
+    }
+
+    /// [`Activity::begin`] for tests outside this module.
+    #[cfg(test)]
+    pub(crate) fn begin_for_test(conn: &Arc<ConnInfo>) -> ActivityGuard {
+        Self::begin(conn)
+    }
+
+    /// Requests whose response is not finished yet.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    /// When a request last started or finished (`clock::now_ms`), 0 if never.
+    pub fn last_ms(&self) -> u64 {
+        self.last_ms.load(Ordering::Acquire)
+    }
+}
+
+/// One request in progress on a connection.
+pub struct ActivityGuard(Arc<ConnInfo>);
+
+impl Drop for ActivityGuard {
+    fn drop(&mut self) {
+        let a = &self.0.activity;
+        a.last_ms.store(crate::clock::now_ms(), Ordering::Release);
+        a.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl ConnInfo {
@@ -88,6 +146,7 @@ pub async fn serve(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let started = Instant::now();
+    let mut active = Some(Activity::begin(&conn));
     let request_id = req
         .headers()
         .get(&X_REQUEST_ID)
@@ -102,14 +161,14 @@ pub async fn serve(
     let access_log = rt
         .access_log()
         .then(|| (req.method().clone(), req.uri().path().to_string()));
-    let result = handle(&rt, &conn, req, &request_id, &mut trace).await;
+    let result = handle(&rt, &conn, req, &request_id, &mut trace, &mut active).await;
+    let mut failure = None;
     let mut resp = match result {
         Ok(resp) => resp,
         Err(e) => {
-            if e.source() != crate::error::Source::Downstream {
-                tracing::debug!(request_id = ?request_id, error = %e, "request failed");
-            }
-            error_response(&e, &request_id)
+            let resp = error_response(&e, &request_id);
+            failure = Some(e);
+            resp
         }
     };
     if let Some(d) = trace.limits {
@@ -151,10 +210,32 @@ pub async fn serve(
             attempts = trace.attempts,
             status = status.as_u16(),
             duration_ms = elapsed.as_secs_f64() * 1000.0,
+            error = %ErrorDetail(failure.as_ref()),
             "request"
         );
+    } else if let Some(e) = &failure {
+        // Without an access log, the detail the client did not get is
+        // logged on its own line (client-side refusals only at debug).
+        let id = request_id.to_str().unwrap_or("-");
+        if e.source() == crate::error::Source::Downstream {
+            tracing::debug!(request_id = id, error = %e, "request refused");
+        } else {
+            tracing::warn!(request_id = id, error = %e, "request failed");
+        }
     }
     Ok(resp)
+}
+
+/// An error's full detail for the access log, `-` when there was none.
+struct ErrorDetail<'a>(Option<&'a ProxyError>);
+
+impl std::fmt::Display for ErrorDetail<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(e) => e.fmt(f),
+            None => f.write_str("-"),
+        }
+    }
 }
 
 async fn handle(
@@ -163,6 +244,7 @@ async fn handle(
     mut req: Request<Incoming>,
     request_id: &HeaderValue,
     trace: &mut Trace,
+    active: &mut Option<ActivityGuard>,
 ) -> Result<Response<Body>, ProxyError> {
     // --- limits
     let limits = rt.limits();
@@ -225,7 +307,16 @@ async fn handle(
             req.uri().path(),
             req.headers(),
         );
-        let d = limiter.check(&key);
+        let d = limiter.decide(&key).await;
+        if d.unavailable {
+            metrics::counter!("sentinel_rate_limit_decisions_total", "filter" => name.clone(), "decision" => "unavailable")
+                .increment(1);
+            return Err(ProxyError::FilterFailed {
+                filter: name.clone(),
+                reason: "the rate-limit backend is unavailable and the filter fails closed"
+                    .to_string(),
+            });
+        }
         let decision = if d.allowed {
             "allowed"
         } else if limiter.enforces() {
@@ -255,8 +346,9 @@ async fn handle(
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, incoming) = req.into_parts();
     let hash_key = hash_key_value(upstream, &parts, client_ip_text);
-    let has_body = declared_len.is_some_and(|l| l > 0)
-        || parts.headers.contains_key(header::TRANSFER_ENCODING);
+    // Decided from the body itself: an HTTP/2 upload has neither
+    // Content-Length nor Transfer-Encoding.
+    let has_body = !incoming.is_end_stream();
     let request_headers = std::mem::take(&mut parts.headers);
     let mut headers = Some(upstream_headers(
         request_headers,
@@ -282,6 +374,8 @@ async fn handle(
         timeouts.request_ms
     };
     let head_timeout = Duration::from_millis(request_ms.min(timeouts.read_ms).max(1));
+    let read_idle = Duration::from_millis(timeouts.read_ms.max(1));
+    let write_idle = (timeouts.write_ms > 0).then(|| Duration::from_millis(timeouts.write_ms));
     let retry = &upstream.retry;
 
     let idempotent = is_idempotent(&parts.method) && !upgrade;
@@ -291,15 +385,30 @@ async fn handle(
     let buffered: Option<Bytes> = if !has_body {
         Some(Bytes::new())
     } else if replayable && declared_len.is_some() {
-        let collected = incoming
+        // Buffered for retries; the client gets `write` between chunks here
+        // as it does when streamed.
+        let body = body::incoming(incoming);
+        let body = match write_idle {
+            Some(_) => TimedBody::new(body, None, write_idle, None, None, Side::Request).boxed(),
+            None => body,
+        };
+        let collected = body
             .collect()
             .await
-            .map_err(|e| ProxyError::BadRequest(format!("reading body: {e}")))?;
+            .map_err(|e| match e.downcast::<ProxyError>() {
+                Ok(timeout) => *timeout,
+                Err(e) => ProxyError::BadRequest(format!("reading body: {e}")),
+            })?;
         Some(collected.to_bytes())
     } else {
         let body = body::incoming(incoming);
-        body_once = Some(if max_body > 0 {
+        let body = if max_body > 0 {
             http_body_util::Limited::new(body, max_body as usize).boxed_unsync()
+        } else {
+            body
+        };
+        body_once = Some(if write_idle.is_some() {
+            TimedBody::new(body, None, write_idle, None, None, Side::Request).boxed()
         } else {
             body
         });
@@ -315,33 +424,47 @@ async fn handle(
     let mut tried: Vec<usize> = Vec::new();
     let mut attempt = 0;
     let mut last_error: Option<ProxyError> = None;
-    let mut last_response: Option<Response<Incoming>> = None;
+    // The last attempt's response kept for a retry, with its deadline.
+    let mut last_response: Option<(Response<Incoming>, tokio::time::Instant)> = None;
     loop {
         attempt += 1;
         trace.attempts = attempt;
-        let index = match upstream.select(&ctx, &tried) {
-            Ok(i) => i,
+        let mut claim = match upstream.select(&ctx, &tried) {
+            Ok(c) => c,
             // A retry that finds no other target reports what the last
             // attempt got.
             Err(e) => {
-                if let Some(resp) = last_response.take() {
+                if let Some((resp, deadline)) = last_response.take() {
+                    let activity = active.take();
                     return Ok(finish_response(
                         resp,
                         policies,
                         request_id,
                         client_upgrade,
                         parts.version,
+                        |b| {
+                            TimedBody::new(
+                                b,
+                                Some(deadline),
+                                Some(read_idle),
+                                None,
+                                activity,
+                                Side::Response,
+                            )
+                            .boxed()
+                        },
                     ));
                 }
                 return Err(last_error.take().unwrap_or(e));
             }
         };
+        let index = claim.index;
         last_error = None;
         last_response = None;
         let target = &upstream.targets[index];
         trace.target = Some(index);
         tried.push(index);
-        let uri = upstream_uri(target, &path_and_query)?;
+        let uri = upstream_uri(target, upstream.tls.is_some(), &path_and_query)?;
         let mut out = Request::new(match (&buffered, body_once.take()) {
             (Some(bytes), _) => body::full(bytes.clone()),
             (None, Some(b)) => b,
@@ -356,9 +479,8 @@ async fn handle(
             headers.take().unwrap_or_default()
         };
 
-        let guard = ActiveGuard::new(upstream, index);
+        let sent_at = tokio::time::Instant::now();
         let result = tokio::time::timeout(head_timeout, upstream.client.request(out)).await;
-        drop(guard);
         let result = match result {
             Err(_) => Err(ProxyError::Timeout {
                 target: target.address.clone(),
@@ -376,31 +498,46 @@ async fn handle(
             Ok(resp) => {
                 let status = resp.status().as_u16();
                 let failed = status >= 500;
-                upstream.record(
-                    index,
+                upstream.record_attempt(
+                    &mut claim,
                     if failed {
                         Outcome::Failure
                     } else {
                         Outcome::Success
                     },
                 );
+                let deadline = sent_at + Duration::from_millis(request_ms.max(1));
                 if can_retry && retry.on_status.contains(&u32::from(status)) && upstream.try_retry()
                 {
                     backoff(retry.backoff_ms).await;
-                    last_response = Some(resp);
+                    last_response = Some((resp, deadline));
                     continue;
                 }
+                // The claim stays with the body: the target counts this
+                // request in flight until the body ends or is dropped.
+                let activity = active.take();
                 return Ok(finish_response(
                     resp,
                     policies,
                     request_id,
                     client_upgrade,
                     parts.version,
+                    |b| {
+                        TimedBody::new(
+                            b,
+                            Some(deadline),
+                            Some(read_idle),
+                            Some(claim),
+                            activity,
+                            Side::Response,
+                        )
+                        .boxed()
+                    },
                 ));
             }
             Err(e) => {
                 if e.is_target_failure() {
-                    upstream.record(index, Outcome::Failure);
+                    upstream.record_attempt(&mut claim, Outcome::Failure);
                 }
                 if can_retry && e.retryable() && upstream.try_retry() {
                     backoff(retry.backoff_ms).await;
@@ -419,30 +556,6 @@ async fn backoff(ms: u64) {
     }
 }
 
-/// Decrements a target's in-flight count when the attempt ends.
-struct ActiveGuard<'a> {
-    upstream: &'a Upstream,
-    index: usize,
-}
-
-impl<'a> ActiveGuard<'a> {
-    fn new(upstream: &'a Upstream, index: usize) -> Self {
-        let state = &upstream.targets[index].state;
-        state.active.fetch_add(1, Ordering::Relaxed);
-        state.requests.fetch_add(1, Ordering::Relaxed);
-        Self { upstream, index }
-    }
-}
-
-impl Drop for ActiveGuard<'_> {
-    fn drop(&mut self) {
-        self.upstream.targets[self.index]
-            .state
-            .active
-            .fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 fn classify_send_error(
     target: &str,
     e: &hyper_util::client::legacy::Error,
@@ -454,6 +567,12 @@ fn classify_send_error(
             .is_some()
         {
             return ProxyError::BodyTooLarge { limit: max_body };
+        }
+        if let Some(ProxyError::RequestBodyTimeout { timeout_ms }) = s.downcast_ref::<ProxyError>()
+        {
+            return ProxyError::RequestBodyTimeout {
+                timeout_ms: *timeout_ms,
+            };
         }
         source = s.source();
     }
@@ -474,12 +593,15 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     out
 }
 
+/// The client's response from the upstream's: headers rewritten, the
+/// upgrade spliced, the body wrapped by `body` (deadlines, claims).
 fn finish_response(
     mut resp: Response<Incoming>,
     policies: &pb::RoutePolicies,
     request_id: &HeaderValue,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     downstream_version: Version,
+    body: impl FnOnce(Incoming) -> Body,
 ) -> Response<Body> {
     let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
     if let (true, Some(client)) = (switching, client_upgrade) {
@@ -502,7 +624,7 @@ fn finish_response(
     let body = if switching {
         body::empty()
     } else {
-        body::incoming(incoming)
+        body(incoming)
     };
     Response::from_parts(parts, body)
 }
@@ -687,6 +809,7 @@ fn new_request_id() -> HeaderValue {
 /// `http://{target}{path?query}` without re-parsing either part.
 fn upstream_uri(
     target: &crate::upstream::Target,
+    tls: bool,
     pq: &http::uri::PathAndQuery,
 ) -> Result<Uri, ProxyError> {
     let Some(authority) = target.authority.clone() else {
@@ -696,7 +819,12 @@ fn upstream_uri(
         });
     };
     let mut parts = http::uri::Parts::default();
-    parts.scheme = Some(http::uri::Scheme::HTTP);
+    // `https` for TLS upstreams: the `:scheme` an HTTP/2 target sees.
+    parts.scheme = Some(if tls {
+        http::uri::Scheme::HTTPS
+    } else {
+        http::uri::Scheme::HTTP
+    });
     parts.authority = Some(authority);
     parts.path_and_query = Some(pq.clone());
     Uri::from_parts(parts)
@@ -718,7 +846,7 @@ pub fn error_response(e: &ProxyError, request_id: &HeaderValue) -> Response<Body
     let text = format!(
         "{{\"status\":{},\"error\":{},\"request_id\":{}}}\n",
         status.as_u16(),
-        serde_json::Value::String(e.to_string()),
+        serde_json::Value::String(e.public_reason().to_string()),
         serde_json::Value::String(request_id.to_str().unwrap_or("-").to_string())
     );
     let mut resp = Response::new(body::full(text));
@@ -763,6 +891,7 @@ mod tests {
             listener: Arc::from("l"),
             tls: true,
             stop: None,
+            activity: Activity::default(),
         };
         let mut incoming = HeaderMap::new();
         incoming.insert(X_FORWARDED_FOR.clone(), "1.1.1.1".parse().unwrap());

@@ -194,16 +194,27 @@ impl Runtime {
                 })?;
                 resolved.push(a);
             }
+            // Certificates are read on every build, so an apply or SIGHUP
+            // after a rotation on disk rebuilds the upstream (its key
+            // changes with the file contents).
+            let tls = match &u.tls {
+                Some(t) => Some(
+                    crate::upstream::tls::TlsClient::build(&u.name, t, &|s| resolve(env_lookup, s))
+                        .map_err(|m| BuildError::new(T::Upstream, &u.name, m))?,
+                ),
+                None => None,
+            };
             let key = format!(
-                "{}/{}/{}",
+                "{}/{}/{}/{}",
                 version_of(T::Upstream, &u.name),
                 version_of(T::Endpoints, &u.name),
-                resolved.join(",")
+                resolved.join(","),
+                tls.as_ref().map_or(0, |t| t.fingerprint())
             );
             let old = previous.and_then(|p| p.upstreams.get(&u.name));
             let upstream = match old {
                 Some(old) if old.key == key => Arc::clone(old),
-                _ => Upstream::build(u, &endpoints, resolved, key, old.map(|o| o.as_ref())),
+                _ => Upstream::build(u, &endpoints, resolved, key, old.map(|o| o.as_ref()), tls),
             };
             upstreams.insert(u.name.clone(), upstream);
         }
@@ -213,19 +224,25 @@ impl Runtime {
             let Some(pb::filter::Kind::RateLimit(rl)) = &f.kind else {
                 return Err(BuildError::new(T::Filter, &f.name, "unknown filter kind"));
             };
-            if rl.backend == pb::RateLimitBackend::Redis as i32 {
-                return Err(BuildError::new(
-                    T::Filter,
-                    &f.name,
-                    "the redis rate-limit backend is not supported by this proxy yet; use backend \"local\"",
-                ));
-            }
             let old = previous
                 .and_then(|p| p.limiters.get(&f.name))
                 .filter(|l| l.cfg == *rl);
-            let limiter = old
-                .cloned()
-                .unwrap_or_else(|| Arc::new(RateLimiter::new(&f.name, rl)));
+            let limiter = match old {
+                Some(l) => Arc::clone(l),
+                None => {
+                    let url = match &rl.redis {
+                        Some(r) if rl.backend == pb::RateLimitBackend::Redis as i32 => {
+                            resolve(env_lookup, &r.url)
+                                .map_err(|e| BuildError::new(T::Filter, &f.name, e))?
+                        }
+                        _ => String::new(),
+                    };
+                    Arc::new(
+                        RateLimiter::build(&f.name, rl, &url)
+                            .map_err(|e| BuildError::new(T::Filter, &f.name, e))?,
+                    )
+                }
+            };
             limiters.insert(f.name.clone(), limiter);
         }
 

@@ -2,34 +2,27 @@
 //! validation as start-up (an invalid file is logged and the old config keeps
 //! serving); SIGTERM/SIGINT stop accepting and drain in-flight requests for
 //! up to `graceful-shutdown-timeout-secs`, then return.
+//!
+//! A reload (read, compile, build) runs on the blocking pool, never on a
+//! tokio worker: traffic keeps flowing on the old config until the one-store
+//! swap. Signals that arrive meanwhile wait their turn; reloads never overlap.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use sentinel_config::Snapshot;
-use sentinel_proto as pb;
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::apply::Proxy;
+use crate::apply::{Proxy, off_workers};
 use crate::clock::unix_ms;
+use crate::discovered::StandaloneDiscovery;
 use crate::runtime::{ConfigVersion, Origin};
 
-/// Compiles the file and checks what standalone mode cannot do.
+/// Compiles the file. Upstreams with a `discovery` block come out with no
+/// targets; [`StandaloneDiscovery`] fills them in.
 pub fn load(path: &Path, color: bool) -> Result<Snapshot, String> {
-    let snapshot = sentinel_config::compile_file(path).map_err(|d| d.render(color))?;
-    for u in &snapshot.upstreams {
-        let source = u.discovery.as_ref().and_then(|d| d.source.as_ref());
-        if !matches!(source, None | Some(pb::discovery::Source::Static(_))) {
-            return Err(format!(
-                "{}: upstream `{}` uses service discovery, which runs in the control plane; \
-                 standalone mode needs static targets\n",
-                path.display(),
-                u.name
-            ));
-        }
-    }
-    Ok(snapshot)
+    sentinel_config::compile_file(path).map_err(|d| d.render(color))
 }
 
 pub fn version(path: &Path, snapshot: &Snapshot) -> ConfigVersion {
@@ -43,9 +36,12 @@ pub fn version(path: &Path, snapshot: &Snapshot) -> ConfigVersion {
     }
 }
 
-fn reload(proxy: &Proxy, path: &Path) {
-    tracing::info!(path = %path.display(), "SIGHUP: reloading configuration");
-    let snapshot = match load(path, false) {
+/// Reads, compiles and applies the file; blocks, so it runs off the workers.
+/// With discovery running, the new snapshot starts from the last discovered
+/// targets and the sources follow the new file.
+fn reload(proxy: &Proxy, path: &Path, discovery: Option<&StandaloneDiscovery>) {
+    let _serial = discovery.map(|d| d.serial.lock().unwrap_or_else(|p| p.into_inner()));
+    let mut snapshot = match load(path, false) {
         Ok(s) => s,
         Err(rendered) => {
             metrics::counter!("sentinel_config_reloads_total", "result" => "failure").increment(1);
@@ -53,9 +49,16 @@ fn reload(proxy: &Proxy, path: &Path) {
             return;
         }
     };
+    if let Some(d) = discovery {
+        d.overlay(&mut snapshot);
+    }
+    let upstreams = snapshot.upstreams.clone();
     let version = version(path, &snapshot);
     match proxy.apply(snapshot, version) {
         Ok(_) => {
+            if let Some(d) = discovery {
+                d.reconcile(&upstreams);
+            }
             metrics::counter!("sentinel_config_reloads_total", "result" => "success").increment(1);
             tracing::info!("Configuration reload completed");
         }
@@ -66,17 +69,51 @@ fn reload(proxy: &Proxy, path: &Path) {
     }
 }
 
+/// The signals the proxy handles, registered before it can report ready:
+/// from registration on, a SIGHUP waits for [`run`] instead of taking the
+/// default action (terminating the process), however early it arrives.
+pub struct Signals {
+    hup: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    pub fn install() -> std::io::Result<Signals> {
+        Ok(Signals {
+            hup: signal(SignalKind::hangup())?,
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+}
+
 /// Serves until SIGTERM/SIGINT, then drains. SIGHUP reloads `reload_from`
 /// (standalone mode) or is logged and ignored (control-plane mode). Returns
 /// the number of connections still open when the drain deadline passed.
-pub async fn run(proxy: Arc<Proxy>, reload_from: Option<PathBuf>) -> anyhow::Result<usize> {
-    let mut hup = signal(SignalKind::hangup())?;
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
+/// `discovery` runs the live config's discovery blocks (standalone mode).
+pub async fn run(
+    proxy: Arc<Proxy>,
+    reload_from: Option<PathBuf>,
+    discovery: Option<Arc<StandaloneDiscovery>>,
+    signals: Signals,
+) -> anyhow::Result<usize> {
+    let Signals {
+        mut hup,
+        mut term,
+        mut int,
+    } = signals;
     loop {
         tokio::select! {
             _ = hup.recv() => match &reload_from {
-                Some(path) => reload(&proxy, path),
+                Some(path) => {
+                    tracing::info!(path = %path.display(), "SIGHUP: reloading configuration");
+                    let (proxy, path, discovery) = (Arc::clone(&proxy), path.clone(), discovery.clone());
+                    if let Err(e) = off_workers(move || reload(&proxy, &path, discovery.as_deref())).await {
+                        metrics::counter!("sentinel_config_reloads_total", "result" => "failure").increment(1);
+                        tracing::error!(error = %e, "configuration reload failed; keeping the running config");
+                    }
+                }
                 None => tracing::info!("SIGHUP ignored: the configuration comes from the control plane"),
             },
             _ = term.recv() => break,

@@ -3,15 +3,25 @@
 //! Connects to one of the control-plane URLs with this proxy's identity and
 //! the versions it holds; applies each complete response (all chunks) as one
 //! swap through [`Proxy::apply`] — the same path as standalone mode — and
-//! ACKs, or NACKs naming the resource and the reason while the last good
-//! configuration keeps serving. Every applied configuration is written to
-//! the last-good cache. On a lost stream it reconnects with jittered
+//! answers each response once:
+//!
+//! - ACK: applied; it is now what the proxy holds;
+//! - NACK: it fits what the proxy holds but cannot run here (the resource
+//!   and the reason are named); the last good configuration keeps serving;
+//! - Resync: it does not fit — applied to what the proxy holds, the
+//!   resources do not hash to the announced config version, so the control
+//!   plane computed it from another base. Nothing is applied; the answer
+//!   names everything the proxy holds (as `Hello.held` does) and its config
+//!   version, and the control plane sends the difference from that.
+//!
+//! Every applied configuration is written to the last-good cache. Building
+//! and the cache write (fsync) run on the blocking pool, never on a worker. On a lost stream it reconnects with jittered
 //! exponential backoff, moving to the next URL each time; traffic is never
 //! interrupted by the control plane going away. A second stream reports the
 //! active health checks' view of every target.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,7 +32,7 @@ use sentinel_proto::config_stream_client::ConfigStreamClient;
 use tokio::sync::{mpsc, watch};
 use tonic::codec::CompressionEncoding;
 
-use crate::apply::Proxy;
+use crate::apply::{Proxy, off_workers};
 use crate::clock::unix_ms;
 use crate::runtime::{ConfigVersion, Origin};
 
@@ -36,14 +46,25 @@ pub struct Client {
     pub proxy: Arc<Proxy>,
     /// How often health reports are sent.
     pub health_interval: Duration,
+    /// Join token, sent as `authorization: Bearer …` metadata on both
+    /// streams (control planes without mTLS require one).
+    pub join_token: Option<String>,
+}
+
+/// `message` as a request carrying the join token, if there is one.
+fn with_join_token<T>(message: T, join_token: Option<&str>) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    if let Some(value) = join_token.and_then(|t| format!("Bearer {t}").parse().ok()) {
+        request.metadata_mut().insert("authorization", value);
+    }
+    request
 }
 
 /// What the proxy holds, as the control plane will be told on (re)connect.
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct State {
     held: Held,
     config_version: String,
-    number: u64,
 }
 
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
@@ -60,7 +81,7 @@ impl Client {
     /// control plane until `shutdown`.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let mut state = State::default();
-        self.load_cache(&mut state);
+        self.load_cache(&mut state).await;
         let mut attempt = 0u32;
         let mut index = 0usize;
         loop {
@@ -91,45 +112,17 @@ impl Client {
         }
     }
 
-    fn load_cache(&self, state: &mut State) {
-        let Some(dir) = &self.cache_dir else { return };
-        let set = match crate::cache::load(dir) {
-            Ok(set) => set,
-            Err(crate::cache::CacheError::Missing(_)) => return,
-            Err(e) => {
-                tracing::error!(error = %e, "ignoring the last-good cache");
-                return;
-            }
+    /// Applies the last-good cache, if there is one, before the control
+    /// plane answers. Reading, decoding and building run off the workers.
+    async fn load_cache(&self, state: &mut State) {
+        let Some(dir) = self.cache_dir.clone() else {
+            return;
         };
-        let snapshot = match Snapshot::from_resources(&set.resources) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!(error = %e, "the cached configuration is inconsistent; ignoring it");
-                return;
-            }
-        };
-        let version = ConfigVersion {
-            hash: set.config_version.clone(),
-            number: set.version_number,
-            origin: Origin::Cache {
-                path: crate::cache::path(dir).display().to_string(),
-            },
-            applied_unix_ms: unix_ms(),
-        };
-        match self.proxy.apply(snapshot, version) {
-            Ok(_) => {
-                tracing::warn!(
-                    version = set.version_number,
-                    "serving the last-good configuration from the cache until the control plane answers"
-                );
-                state.held = set
-                    .resources
-                    .into_iter()
-                    .map(|r| ((r.r#type, r.name.clone()), r))
-                    .collect();
-                state.config_version = set.config_version;
-                state.number = set.version_number;
-            }
+        let proxy = Arc::clone(&self.proxy);
+        let loaded = off_workers(move || load_cache(&proxy, &dir)).await;
+        match loaded {
+            Ok(Some(cached)) => *state = cached,
+            Ok(None) => {}
             Err(e) => tracing::error!(error = %e, "cannot apply the cached configuration"),
         }
     }
@@ -170,7 +163,10 @@ impl Client {
         })
         .await?;
         let mut inbound = client
-            .delta(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .delta(with_join_token(
+                tokio_stream::wrappers::ReceiverStream::new(rx),
+                self.join_token.as_deref(),
+            ))
             .await?
             .into_inner();
         tracing::info!(%url, node = %self.node.id, "connected to the control plane");
@@ -179,10 +175,12 @@ impl Client {
             self.node.id.clone(),
             Arc::clone(&self.proxy),
             self.health_interval,
+            self.join_token.clone(),
         ));
         let _stop_reporter = AbortOnDrop(reporter.abort_handle());
         let mut chunks: Vec<pb::DeltaResponse> = Vec::new();
         while let Some(msg) = inbound.message().await? {
+            crate::ratelimit::set_fleet_peers(msg.peers);
             if msg.keepalive {
                 continue;
             }
@@ -195,89 +193,246 @@ impl Client {
             if !complete {
                 continue;
             }
-            let answer = self.apply(url, state, std::mem::take(&mut chunks));
+            let answer = self.apply(url, state, std::mem::take(&mut chunks)).await;
             tx.send(answer).await?;
         }
         Ok(())
     }
 
-    /// Applies one complete response; returns the ACK or NACK to send.
-    fn apply(
+    /// Applies one complete response off the workers; returns the answer
+    /// to send (ACK, NACK or Resync) and updates `state` on an ACK.
+    async fn apply(
         &self,
         url: &str,
         state: &mut State,
         chunks: Vec<pb::DeltaResponse>,
     ) -> pb::DeltaRequest {
+        let proxy = Arc::clone(&self.proxy);
+        let cache_dir = self.cache_dir.clone();
+        let url = url.to_string();
+        let held = state.clone();
         let nonce = chunks.first().map(|c| c.nonce.clone()).unwrap_or_default();
-        let config_version = chunks
+        let announced = chunks
             .last()
             .map(|c| c.config_version.clone())
             .unwrap_or_default();
-        let number = chunks.last().map_or(0, |c| c.version_number);
-        let mut next = state.held.clone();
-        for c in chunks {
-            for r in c.resources {
-                next.insert((r.r#type, r.name.clone()), r);
+        let outcome =
+            off_workers(move || respond(&proxy, cache_dir.as_deref(), &url, held, chunks)).await;
+        match outcome {
+            Ok((answer, next)) => {
+                if let Some(next) = next {
+                    *state = next;
+                }
+                answer
             }
-            for gone in c.removed {
-                next.remove(&(gone.r#type, gone.name));
-            }
-        }
-        let resources: Vec<pb::Resource> = next.values().cloned().collect();
-        let nack = |resource: Option<pb::ResourceRef>, error: String| {
-            metrics::counter!("sentinel_config_nacks_total").increment(1);
-            tracing::error!(version = number, %error, "refusing the configuration from the control plane; keeping the last good one");
-            pb::DeltaRequest {
-                kind: Some(pb::delta_request::Kind::Nack(pb::Nack {
-                    nonce: nonce.clone(),
-                    config_version: config_version.clone(),
-                    resource,
-                    error,
-                })),
-            }
-        };
-        let snapshot = match Snapshot::from_resources(&resources) {
-            Ok(s) => s,
-            Err(e) => return nack(e.resource().cloned(), e.to_string()),
-        };
-        let hash = snapshot.config_hash();
-        if hash != config_version {
-            return nack(
-                None,
-                format!("the resources hash to {hash}, not the announced {config_version}"),
-            );
-        }
-        let version = ConfigVersion {
-            hash: hash.clone(),
-            number,
-            origin: Origin::ControlPlane {
-                url: url.to_string(),
-            },
-            applied_unix_ms: unix_ms(),
-        };
-        if let Err(e) = self.proxy.apply(snapshot, version) {
-            return nack(Some(e.resource.clone()), e.message.clone());
-        }
-        state.held = next;
-        state.config_version = hash.clone();
-        state.number = number;
-        if let Some(dir) = &self.cache_dir {
-            let set = pb::ResourceSet {
-                resources,
-                config_version: hash.clone(),
-                version_number: number,
-            };
-            if let Err(e) = crate::cache::store(dir, &set) {
-                tracing::error!(error = %e, "cannot write the last-good cache");
-            }
-        }
-        pb::DeltaRequest {
-            kind: Some(pb::delta_request::Kind::Ack(pb::Ack {
-                nonce,
-                config_version: hash,
-            })),
+            // The build panicked: nothing was swapped in.
+            Err(e) => nack(&nonce, &announced, 0, None, e.to_string()),
         }
     }
+}
+
+/// Reads, checks and applies the cache; what the proxy then holds.
+fn load_cache(proxy: &Proxy, dir: &Path) -> Option<State> {
+    let set = match crate::cache::load(dir) {
+        Ok(set) => set,
+        Err(crate::cache::CacheError::Missing(_)) => return None,
+        Err(e) => {
+            tracing::error!(error = %e, "ignoring the last-good cache");
+            return None;
+        }
+    };
+    let snapshot = match Snapshot::from_resources(&set.resources) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "the cached configuration is inconsistent; ignoring it");
+            return None;
+        }
+    };
+    let version = ConfigVersion {
+        hash: set.config_version.clone(),
+        number: set.version_number,
+        origin: Origin::Cache {
+            path: crate::cache::path(dir).display().to_string(),
+        },
+        applied_unix_ms: unix_ms(),
+    };
+    match proxy.apply(snapshot, version) {
+        Ok(_) => {
+            tracing::warn!(
+                version = set.version_number,
+                "serving the last-good configuration from the cache until the control plane answers"
+            );
+            Some(State {
+                held: set
+                    .resources
+                    .into_iter()
+                    .map(|r| ((r.r#type, r.name.clone()), r))
+                    .collect(),
+                config_version: set.config_version,
+            })
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot apply the cached configuration");
+            None
+        }
+    }
+}
+
+/// The `server` and `observability` settings of the last-good cache in
+/// `dir`, read before the async runtime starts so that control-plane mode
+/// starts with the worker threads and logging of the config it will serve.
+pub fn cached_settings(dir: &Path) -> Option<pb::Settings> {
+    let set = crate::cache::load(dir).ok()?;
+    Snapshot::from_resources(&set.resources)
+        .ok()
+        .map(|s| s.settings)
+}
+
+fn nack(
+    nonce: &str,
+    config_version: &str,
+    number: u64,
+    resource: Option<pb::ResourceRef>,
+    error: String,
+) -> pb::DeltaRequest {
+    metrics::counter!("sentinel_config_nacks_total").increment(1);
+    tracing::error!(version = number, %error, "refusing the configuration from the control plane; keeping the last good one");
+    pb::DeltaRequest {
+        kind: Some(pb::delta_request::Kind::Nack(pb::Nack {
+            nonce: nonce.to_string(),
+            config_version: config_version.to_string(),
+            resource,
+            error,
+        })),
+    }
+}
+
+/// The answer to one complete response, and the new state after an ACK.
+/// Blocking (build, cache fsync): runs on the blocking pool.
+///
+/// - The response applied to what the proxy holds does not hash to the
+///   announced version: it was computed from another base. Apply nothing
+///   and answer `Resync` naming what is held, so the control plane can send
+///   the difference from there. This is not the config's fault: no NACK.
+/// - It fits, but the proxy cannot run it (undecodable resource, a build
+///   or bind error): NACK naming the resource; the old runtime keeps serving.
+/// - Otherwise: swap, write the last-good cache, ACK.
+fn respond(
+    proxy: &Proxy,
+    cache_dir: Option<&Path>,
+    url: &str,
+    held: State,
+    chunks: Vec<pb::DeltaResponse>,
+) -> (pb::DeltaRequest, Option<State>) {
+    let nonce = chunks.first().map(|c| c.nonce.clone()).unwrap_or_default();
+    let config_version = chunks
+        .last()
+        .map(|c| c.config_version.clone())
+        .unwrap_or_default();
+    let number = chunks.last().map_or(0, |c| c.version_number);
+    tracing::info!(
+        version = number,
+        %nonce,
+        "applying a response from the control plane"
+    );
+    let mut next = held.held.clone();
+    for c in chunks {
+        for r in c.resources {
+            next.insert((r.r#type, r.name.clone()), r);
+        }
+        for gone in c.removed {
+            next.remove(&(gone.r#type, gone.name));
+        }
+    }
+    let fits = sentinel_config::config_hash(
+        next.values()
+            .map(|r| (r.r#type, r.name.as_str(), r.version.as_str())),
+    );
+    if fits != config_version {
+        let reason = format!("the resources hash to {fits}, not the announced {config_version}");
+        tracing::warn!(
+            version = number,
+            %reason,
+            "the response does not fit the configuration this proxy holds; asking the control plane to resync"
+        );
+        let answer = pb::DeltaRequest {
+            kind: Some(pb::delta_request::Kind::Resync(pb::Resync {
+                nonce,
+                held: held
+                    .held
+                    .values()
+                    .map(|r| pb::ResourceVersion {
+                        r#type: r.r#type,
+                        name: r.name.clone(),
+                        version: r.version.clone(),
+                    })
+                    .collect(),
+                config_version: held.config_version,
+                reason,
+            })),
+        };
+        return (answer, None);
+    }
+    let resources: Vec<pb::Resource> = next.values().cloned().collect();
+    let snapshot = match Snapshot::from_resources(&resources) {
+        Ok(s) => s,
+        Err(e) => {
+            let answer = nack(
+                &nonce,
+                &config_version,
+                number,
+                e.resource().cloned(),
+                e.to_string(),
+            );
+            return (answer, None);
+        }
+    };
+    let hash = snapshot.config_hash();
+    if hash != config_version {
+        // The announced versions fit, but a body does not match its version.
+        let error =
+            format!("the resources' content hashes to {hash}, not the announced {config_version}");
+        return (nack(&nonce, &config_version, number, None, error), None);
+    }
+    let version = ConfigVersion {
+        hash: hash.clone(),
+        number,
+        origin: Origin::ControlPlane {
+            url: url.to_string(),
+        },
+        applied_unix_ms: unix_ms(),
+    };
+    if let Err(e) = proxy.apply(snapshot, version) {
+        let answer = nack(
+            &nonce,
+            &config_version,
+            number,
+            Some(e.resource.clone()),
+            e.message.clone(),
+        );
+        return (answer, None);
+    }
+    if let Some(dir) = cache_dir {
+        let set = pb::ResourceSet {
+            resources,
+            config_version: hash.clone(),
+            version_number: number,
+        };
+        if let Err(e) = crate::cache::store(dir, &set) {
+            tracing::error!(error = %e, "cannot write the last-good cache");
+        }
+    }
+    let answer = pb::DeltaRequest {
+        kind: Some(pb::delta_request::Kind::Ack(pb::Ack {
+            nonce,
+            config_version: hash.clone(),
+        })),
+    };
+    let state = State {
+        held: next,
+        config_version: hash,
+    };
+    (answer, Some(state))
 }
 
 struct AbortOnDrop(tokio::task::AbortHandle);
@@ -294,6 +449,7 @@ async fn report_health(
     node_id: String,
     proxy: Arc<Proxy>,
     every: Duration,
+    join_token: Option<String>,
 ) {
     let (tx, rx) = mpsc::channel(2);
     // The request stream is driven by the connection; the sender runs on its
@@ -334,7 +490,10 @@ async fn report_health(
     let _stop = AbortOnDrop(sender.abort_handle());
     let mut client = ConfigStreamClient::new(channel);
     if let Ok(resp) = client
-        .report_health(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .report_health(with_join_token(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+            join_token.as_deref(),
+        ))
         .await
     {
         let mut acks = resp.into_inner();

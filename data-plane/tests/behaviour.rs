@@ -173,7 +173,15 @@ async fn in_flight_requests_finish_on_their_snapshot() {
                 .unwrap()
         }
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Reload only once the request is at the backend.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while slow.hits() == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "request never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     proxy.reload(&config(port, &[other.addr], "", ""));
     let mut switched = false;
     for _ in 0..50 {

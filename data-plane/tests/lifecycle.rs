@@ -277,6 +277,48 @@ async fn a_listener_that_cannot_bind_fails_the_reload_and_changes_nothing() {
     drop(proxy);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renaming_a_listener_at_the_same_address_keeps_its_socket() {
+    let a = Backend::start("a").await;
+    let port = free_port();
+    let proxy = Sentinel::start(&config(port, &[a.addr], "", "")).await;
+    let before = proxy.admin_json("/admin/config").await["version"]["hash"].clone();
+    proxy.reload(&config(port, &[a.addr], "", "").replace("\"http\"", "\"web\""));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = proxy.metrics().await;
+        assert!(
+            !metrics.contains("sentinel_config_reloads_total{result=\"failure\"}"),
+            "rename refused:\n{}",
+            proxy.logs()
+        );
+        if metrics.contains("sentinel_config_reloads_total{result=\"success\"}") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "reload never applied"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_ne!(
+        proxy.admin_json("/admin/config").await["version"]["hash"],
+        before
+    );
+    let r = client()
+        .get(format!("http://127.0.0.1:{port}/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        proxy.logs().contains("listener renamed"),
+        "{}",
+        proxy.logs()
+    );
+    drop(proxy);
+}
+
 /// Runs `concurrency` clients until `stop`; counts results.
 struct Load {
     ok: Arc<AtomicUsize>,
@@ -411,7 +453,17 @@ async fn sigterm_under_load_fails_no_accepted_request_and_exits_zero() {
     );
     let mut proxy = Sentinel::start(&cfg).await;
     let load = Load::start(format!("http://127.0.0.1:{port}/"), 16, 1000);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Wait until the load really reaches the backend (a busy machine may
+    // take a while), not for a fixed time.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while a.hits() < 16 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "load never reached the backend: {} hits",
+            a.hits()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let in_flight_before = a.hits();
     proxy.signal("TERM");
     let code = proxy.wait_exit(Duration::from_secs(8)).await;
@@ -520,4 +572,113 @@ async fn unchanged_upstream_keeps_health_and_limiter_state_across_swaps() {
         .collect();
     assert!(ejected.contains(&true), "health state kept: {view}");
     drop(proxy);
+}
+
+/// A config whose build is slow: thousands of regex routes.
+fn slow_config(port: u16, backend: std::net::SocketAddr, routes: usize) -> String {
+    let mut regex_routes = String::new();
+    for i in 0..routes {
+        regex_routes.push_str(&format!(
+            "    route \"r{i}\" {{ matches {{ path-regex \"^/r{i}/[a-z]{{1,32}}/(alpha|beta|gamma|delta)[0-9]{{1,12}}$\"; }}; upstream \"app\"; }}\n"
+        ));
+    }
+    config(port, &[backend], "", "server { worker-threads 1; }\n")
+        .replace("routes {\n", &format!("routes {{\n{regex_routes}"))
+}
+
+/// Defect 9 of issue 10: with one worker, building a runtime on that
+/// worker stalled every request until the swap. The build now runs off the
+/// workers, so a request issued after the reload began is answered while the
+/// old version is still live (impossible if the build held the only worker).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reload_does_not_stall_traffic_on_a_single_worker() {
+    let backend = Backend::start("a").await;
+    let port = free_port();
+    let small = config(port, &[backend.addr], "", "server { worker-threads 1; }\n");
+    let proxy = Sentinel::spawn_with_env(&small, &[("SENTINEL_WORKERS", "1")]);
+    proxy.wait_ready().await;
+    let before = proxy.admin_json("/admin/config").await["version"]["hash"].clone();
+
+    proxy.reload(&slow_config(port, backend.addr, 1000));
+    assert!(
+        sentinel_tests::wait_for(Duration::from_secs(20), || async {
+            proxy.logs().contains("SIGHUP: reloading configuration")
+        })
+        .await,
+        "the reload did not begin"
+    );
+    // Issued after the reload began: answered by the old version.
+    let c = client();
+    let status = c
+        .get(format!("http://127.0.0.1:{port}/"))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 200);
+    let during = proxy.admin_json("/admin/config").await["version"]["hash"].clone();
+    assert_eq!(
+        during, before,
+        "a request issued during the build must be answered by the still-live old version"
+    );
+    // And the slow build does complete and go live.
+    assert!(
+        sentinel_tests::wait_for(Duration::from_secs(120), || async {
+            proxy.admin_json("/admin/config").await["version"]["hash"] != before
+        })
+        .await,
+        "the slow config never went live"
+    );
+    assert_eq!(
+        proxy.admin_json("/admin/routes").await["routes"]
+            .as_array()
+            .map(Vec::len),
+        Some(1001)
+    );
+}
+
+/// Defect 10 of issue 10, standalone side: a SIGHUP applies the new
+/// logging format, and a changed `server.worker-threads` is reported as
+/// pending (it needs a restart) instead of being silently ignored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_applies_logging_and_reports_a_pending_worker_thread_count() {
+    let backend = Backend::start("a").await;
+    let port = free_port();
+    let proxy = Sentinel::spawn_with_env(
+        &config(port, &[backend.addr], "", "server { worker-threads 1; }\n"),
+        &[("SENTINEL_WORKERS", "")],
+    );
+    proxy.wait_ready().await;
+    let c = proxy.admin_json("/admin/config").await;
+    assert_eq!(c["workers"]["running"], 1, "{c}");
+    assert_eq!(c["workers"]["restart_required"], false, "{c}");
+    assert_eq!(c["logging"]["format"], "text", "{c}");
+
+    proxy.reload(
+        &config(port, &[backend.addr], "", "server { worker-threads 3; }\n")
+            .replace("access-log #false;", "access-log #false; format \"json\";"),
+    );
+    assert!(
+        sentinel_tests::wait_for(Duration::from_secs(20), || async {
+            proxy.admin_json("/admin/config").await["workers"]["restart_required"] == true
+        })
+        .await,
+        "the pending worker-thread count is not shown"
+    );
+    let c = proxy.admin_json("/admin/config").await;
+    assert_eq!(c["workers"]["running"], 1, "{c}");
+    assert_eq!(c["workers"]["configured"], 3, "{c}");
+    assert_eq!(c["logging"]["format"], "json", "{c}");
+    let logs = proxy.logs();
+    assert!(
+        logs.lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .any(|l| l["message"] == "Configuration reload completed"),
+        "the reload's own lines are JSON:\n{logs}"
+    );
+    assert_eq!(
+        logs.matches("server.worker-threads changed").count(),
+        1,
+        "{logs}"
+    );
 }

@@ -292,8 +292,18 @@ async fn circuit_breaker_opens_half_opens_and_closes() {
     );
 
     a.set_status(200);
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    assert_eq!(get(&c, &url).await.status(), 200, "half-open probe");
+    // Poll until the open period is over: the first request let through
+    // is the half-open probe.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = get(&c, &url).await.status();
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 503, "answers while open");
+        assert!(tokio::time::Instant::now() < deadline, "never half-opened");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_eq!(
         state(proxy.admin_json("/admin/upstreams/app/health").await),
         "half-open"

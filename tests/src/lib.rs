@@ -4,11 +4,24 @@
 //! - [`Postgres`]: a throwaway PostgreSQL cluster (initdb in a temp dir,
 //!   started from the system's binaries, stoppable and restartable for
 //!   fault tests);
-//! - [`ControlPlane`]: a `sentinel-cp` process;
+//! - [`ControlPlane`]: a `sentinel-cp` process, started with the admin
+//!   token [`BOOTSTRAP_TOKEN`] and the fleet join token [`JOIN_TOKEN`];
+//! - [`Proxy`]: a `sentinel` proxy that joins with [`JOIN_TOKEN`];
+//! - [`join_request`], [`authorize`]: the join token on a raw tonic request,
+//!   for tests that speak the gRPC stream themselves;
+//! - [`scripted::ScriptedProxy`]: a proxy speaking the real delta stream
+//!   whose answers a test scripts (model-based protocol tests);
 //! - [`free_port`], [`wait_for`]: small helpers.
 //!
 //! Binaries are passed in by path (`env!("CARGO_BIN_EXE_…")` in the crate
 //! that owns them, or [`workspace_bin`] for the top-level scenarios).
+
+pub mod consul;
+pub mod dnsmasq;
+pub mod kube;
+pub mod raw;
+pub mod redis;
+pub mod scripted;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -292,6 +305,25 @@ pub struct ControlPlane {
 
 pub const BOOTSTRAP_TOKEN: &str = "test-bootstrap-token";
 
+/// The fleet-wide join token every [`ControlPlane`] is started with
+/// (`--join-token`) and every [`Proxy`] joins with (`SENTINEL_JOIN_TOKEN`).
+pub const JOIN_TOKEN: &str = "test-join-token";
+
+/// Adds `authorization: Bearer SECRET` — how a proxy presents a join token
+/// on the gRPC streams — to a raw tonic request.
+pub fn authorize<T>(request: &mut tonic::Request<T>, secret: &str) {
+    if let Ok(value) = format!("Bearer {secret}").parse() {
+        request.metadata_mut().insert("authorization", value);
+    }
+}
+
+/// `message` as a tonic request carrying the harness's [`JOIN_TOKEN`].
+pub fn join_request<T>(message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    authorize(&mut request, JOIN_TOKEN);
+    request
+}
+
 impl ControlPlane {
     /// Starts `bin` on `database_url` (empty: SQLite in a temp dir) and
     /// waits for `/healthz`.
@@ -316,15 +348,35 @@ impl ControlPlane {
             grpc.to_string(),
             "--bootstrap-token".to_string(),
             BOOTSTRAP_TOKEN.to_string(),
+            "--join-token".to_string(),
+            JOIN_TOKEN.to_string(),
             "--poll-secs".to_string(),
             "1".to_string(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
+        // A test may give its own tokens: the last occurrence would win in
+        // clap, but a flag given twice is an error, so drop the default.
+        for (flag, default) in [
+            ("--bootstrap-token", BOOTSTRAP_TOKEN),
+            ("--join-token", JOIN_TOKEN),
+        ] {
+            if extra.contains(&flag)
+                && let Some(i) = args.iter().position(|a| a == flag)
+                && args.get(i + 1).is_some_and(|v| v == default)
+            {
+                args.drain(i..i + 2);
+            }
+        }
+        let token = args
+            .iter()
+            .position(|a| a == "--bootstrap-token")
+            .and_then(|i| args.get(i + 1).cloned())
+            .unwrap_or_else(|| BOOTSTRAP_TOKEN.to_string());
         let log = dir.path().join("cp.log");
         let mut cp = ControlPlane {
             api,
             grpc,
-            token: BOOTSTRAP_TOKEN.to_string(),
+            token,
             child: None,
             bin: bin.to_path_buf(),
             args,
@@ -404,6 +456,19 @@ impl ControlPlane {
         self.kill();
         self.spawn().await;
     }
+
+    /// Restarts with `flag` set to `value` (added, or replacing its value):
+    /// e.g. a new `--bootstrap-token` to rotate it.
+    pub async fn restart_with(&mut self, flag: &str, value: &str) {
+        match self.args.iter().position(|a| a == flag) {
+            Some(i) if i + 1 < self.args.len() => self.args[i + 1] = value.to_string(),
+            _ => self.args.extend([flag.to_string(), value.to_string()]),
+        }
+        if flag == "--bootstrap-token" {
+            self.token = value.to_string();
+        }
+        self.restart().await;
+    }
 }
 
 impl Drop for ControlPlane {
@@ -435,13 +500,14 @@ pub struct Proxy {
 
 impl Proxy {
     /// Starts a proxy connected to `control_planes` (comma-joined URLs).
-    /// Its listener address is given to the config as `SENTINEL_HTTP_ADDR`.
+    /// Its listener address is given to the config as `SENTINEL_HTTP_ADDR`;
+    /// it joins with [`JOIN_TOKEN`] unless `env` sets `SENTINEL_JOIN_TOKEN`.
     pub fn start(
         bin: &Path,
         name: &str,
         region: &str,
         control_planes: &[String],
-        env: &[(&str, &str)],
+        env_in: &[(&str, &str)],
     ) -> Proxy {
         let dir = tempfile::Builder::new()
             .prefix("sentinel-proxy-")
@@ -466,10 +532,9 @@ impl Proxy {
             "--health-report-secs".to_string(),
             "1".to_string(),
         ];
-        let mut env: Vec<(String, String)> = env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let mut env: Vec<(String, String)> =
+            vec![("SENTINEL_JOIN_TOKEN".into(), JOIN_TOKEN.into())];
+        env.extend(env_in.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         env.push(("SENTINEL_HTTP_ADDR".into(), http.to_string()));
         let log = dir.path().join("proxy.log");
         let mut p = Proxy {
@@ -644,6 +709,17 @@ impl Drop for Relay {
     }
 }
 
+/// An HTTP client for the scenarios: rustls on ring (the workspace's one
+/// provider), and a 5 s timeout so a hung server fails a test instead of
+/// stalling it.
+pub fn http() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("an HTTP client")
+}
+
 /// A demo backend process (`sentinel-bench-backend`) answering
 /// `hello from NAME`.
 pub struct DemoBackend {
@@ -653,7 +729,12 @@ pub struct DemoBackend {
 
 impl DemoBackend {
     pub fn start(bin: &Path, name: &str) -> DemoBackend {
-        let addr = loopback(free_port());
+        Self::start_at(bin, loopback(free_port()), name)
+    }
+
+    /// A backend on `addr` (another loopback address such as 127.0.0.2,
+    /// for targets that differ by IP and share a port, as DNS A records do).
+    pub fn start_at(bin: &Path, addr: SocketAddr, name: &str) -> DemoBackend {
         let child = Command::new(bin)
             .arg(addr.to_string())
             .arg(name)
@@ -716,4 +797,60 @@ routes {{
 }}
 "#
     )
+}
+
+/// A configuration whose upstream `svc` discovers its targets by DNS
+/// (`svc.test:8080`), with `routes` routes (half to `svc`, half to a static
+/// upstream `web` at 127.0.0.1:2): its KDL stand-in source, its resources
+/// and its hash, ready for `Store::apply`. Built from a static config with
+/// `svc`'s `Upstream` given a `discovery "dns"` block and an empty
+/// `Endpoints` — what the compiler emits for a discovered upstream — so the
+/// control plane's discovery path can be tested before (and independently
+/// of) the sources.
+pub fn discovered_config(routes: usize) -> (String, Vec<sentinel_proto::Resource>, String) {
+    use prost::Message;
+    use sentinel_proto as pb;
+    let mut doc = String::from(
+        "listeners { listener \"l\" { address \"127.0.0.1:8080\"; }; }\n\
+         upstreams {\n  upstream \"svc\" { target \"127.0.0.1:1\"; }\n  upstream \"web\" { target \"127.0.0.1:2\"; }\n}\nroutes {\n",
+    );
+    for i in 0..routes {
+        doc.push_str(&format!(
+            "  route \"r{i}\" {{ matches {{ path-prefix \"/p{i}\"; }}; upstream \"{}\"; }}\n",
+            if i % 2 == 0 { "svc" } else { "web" }
+        ));
+    }
+    doc.push_str("}\n");
+    let snapshot = sentinel_config::compile("t.kdl", &doc).expect("the test config compiles");
+    let mut resources = snapshot.resources();
+    for r in resources.iter_mut().filter(|r| r.name == "svc") {
+        if r.r#type == pb::ResourceType::Upstream as i32 {
+            let mut u = pb::Upstream::decode(r.body.clone()).expect("an upstream");
+            u.discovery = Some(pb::Discovery {
+                source: Some(pb::discovery::Source::Dns(pb::DnsDiscovery {
+                    hostname: "svc.test".into(),
+                    port: 8080,
+                    record_type: pb::DnsRecordType::A as i32,
+                    refresh_interval_ms: 30_000,
+                    // Tests talk to loopback only: a resolver that is not
+                    // there (the source errs and keeps what the store holds).
+                    resolver: "127.0.0.1:9".into(),
+                    ..Default::default()
+                })),
+            });
+            *r = sentinel_config::resource(pb::ResourceType::Upstream, "svc", &u);
+        } else if r.r#type == pb::ResourceType::Endpoints as i32 {
+            let e = pb::Endpoints {
+                upstream: "svc".into(),
+                targets: vec![],
+            };
+            *r = sentinel_config::resource(pb::ResourceType::Endpoints, "svc", &e);
+        }
+    }
+    let hash = sentinel_config::config_hash(
+        resources
+            .iter()
+            .map(|r| (r.r#type, r.name.as_str(), r.version.as_str())),
+    );
+    (doc, resources, hash)
 }

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use sentinel_tests::{ControlPlane, DemoBackend, Postgres, Proxy, Relay, wait_for, workspace_bin};
+use sentinel_tests::{
+    ControlPlane, DemoBackend, Postgres, Proxy, Relay, http, wait_for, workspace_bin,
+};
 use serde_json::{Value, json};
 
 fn bins() -> (PathBuf, PathBuf, PathBuf) {
@@ -17,14 +19,6 @@ fn bins() -> (PathBuf, PathBuf, PathBuf) {
         workspace_bin("sentinel"),
         workspace_bin("sentinel-bench-backend"),
     )
-}
-
-fn http() -> reqwest::Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .unwrap()
 }
 
 fn config(version: u32, backend: SocketAddr, extra: &str) -> String {

@@ -1,8 +1,15 @@
 //! `listeners { listener "name" { … } }`.
+//!
+//! Besides reading each listener, this module refuses two listeners that
+//! would bind the same socket ([`check_addresses`]): every proxy would fail to
+//! bind the second one and NACK the whole snapshot, so the mistake belongs at
+//! validation, where it can point at both places.
 
 use kdl::KdlNode;
 use miette::SourceSpan;
 use sentinel_proto as pb;
+
+use std::net::SocketAddr;
 
 use super::{Builder, checked, require_block, resource_name};
 use crate::reader::{Ctx, Seen, args, children, name, name_span};
@@ -59,6 +66,14 @@ pub(super) fn listener(
         match name(child) {
             "address" => {
                 if let Some(v) = checked(ctx, child, |s| values::check_address(s, true)) {
+                    let span = args(child)
+                        .next()
+                        .map_or_else(|| name_span(child), |e| e.span());
+                    builder.listener_addresses.push(AddressAt {
+                        listener: listener_name.clone(),
+                        address: v.clone(),
+                        span,
+                    });
                     l.address = v;
                 }
             }
@@ -204,4 +219,106 @@ fn tls(ctx: &mut Ctx, node: &KdlNode) -> pb::ListenerTls {
         }
     }
     t
+}
+
+/// A listener's address as written, and where.
+pub(super) struct AddressAt {
+    listener: String,
+    address: String,
+    span: SourceSpan,
+}
+
+/// Whether two listener addresses would compete for the same socket.
+///
+/// The rule (docs/configuration.md, "Listener addresses"):
+/// - an address holding a `${VAR}` reference is resolved on each proxy and is
+///   never compared at validation;
+/// - port 0 asks the OS for a free port and never conflicts;
+/// - two IP addresses conflict when their ports are equal and either the IPs
+///   are equal or one of them is the wildcard of the same family
+///   (`0.0.0.0:80` overlaps `127.0.0.1:80`; Linux refuses the second bind
+///   while the first listens). `[::]` does not overlap IPv4: the proxy binds
+///   IPv6 sockets with `IPV6_V6ONLY`;
+/// - two host names conflict when they are equal ignoring case, with equal
+///   ports (what a name resolves to is the proxy's business).
+pub(crate) fn addresses_conflict(a: &str, b: &str) -> bool {
+    if a.contains("${") || b.contains("${") {
+        return false;
+    }
+    match (a.parse::<SocketAddr>(), b.parse::<SocketAddr>()) {
+        (Ok(x), Ok(y)) => {
+            if x.port() == 0 || x.port() != y.port() || x.is_ipv4() != y.is_ipv4() {
+                return false;
+            }
+            x.ip() == y.ip() || x.ip().is_unspecified() || y.ip().is_unspecified()
+        }
+        (Err(_), Err(_)) => {
+            let split = |s: &str| {
+                s.rsplit_once(':')
+                    .map(|(h, p)| (h.to_ascii_lowercase(), p.to_string()))
+            };
+            match (split(a), split(b)) {
+                (Some((ha, pa)), Some((hb, pb))) => pa != "0" && pa == pb && ha == hb,
+                _ => false,
+            }
+        }
+        _ => false,
+    }
+}
+
+/// Reports every listener whose address overlaps an earlier one's; the
+/// diagnostic points at the later address and its help names the first.
+pub(super) fn check_addresses(ctx: &mut Ctx, all: &[AddressAt]) {
+    for (i, later) in all.iter().enumerate() {
+        let Some(first) = all[..i]
+            .iter()
+            .find(|earlier| addresses_conflict(&earlier.address, &later.address))
+        else {
+            continue;
+        };
+        let line = ctx.line_of(first.span);
+        let same = if first.address == later.address {
+            "the same address".to_string()
+        } else {
+            format!("an overlapping address (`{}`)", first.address)
+        };
+        ctx.error_help(
+            later.span,
+            format!(
+                "listener `{}` uses address `{}`, which listener `{}` already uses",
+                later.listener, later.address, first.listener
+            ),
+            format!(
+                "listener `{}` binds {same} on line {line}; give each listener its own address",
+                first.listener
+            ),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::addresses_conflict;
+
+    #[test]
+    fn the_conflict_rule() {
+        for (a, b, conflict) in [
+            ("127.0.0.1:80", "127.0.0.1:80", true),
+            ("127.0.0.1:80", "127.0.0.1:81", false),
+            ("127.0.0.1:80", "127.0.0.2:80", false),
+            ("0.0.0.0:80", "127.0.0.1:80", true),
+            ("127.0.0.1:80", "0.0.0.0:80", true),
+            ("[::]:80", "[::1]:80", true),
+            ("[::]:80", "0.0.0.0:80", false),
+            ("[::1]:80", "[0:0:0:0:0:0:0:1]:80", true),
+            ("127.0.0.1:0", "127.0.0.1:0", false),
+            ("${ADDR}", "${ADDR}", false),
+            ("${HOST}:80", "127.0.0.1:80", false),
+            ("localhost:80", "LOCALHOST:80", true),
+            ("localhost:80", "localhost:81", false),
+            ("localhost:80", "127.0.0.1:80", false),
+        ] {
+            assert_eq!(addresses_conflict(a, b), conflict, "{a} vs {b}");
+        }
+    }
 }

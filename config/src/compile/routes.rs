@@ -280,6 +280,18 @@ fn policies(ctx: &mut Ctx, node: &KdlNode, p: &mut pb::RoutePolicies) {
             }
             "failure-mode" => {
                 if let Some(v) = ctx.choice(child, FAILURE_MODES) {
+                    // Nothing a route runs today can fail open: local rate
+                    // limits never fail, Redis filters carry their own
+                    // `on-redis-failure`, and agents are not supported yet.
+                    // `closed` is what the proxy does; `open` would be a
+                    // promise it cannot keep.
+                    if v == pb::FailureMode::Open {
+                        ctx.error_help(
+                            name_span(child),
+                            "route `failure-mode \"open\"` is not supported yet: no filter a route can run fails open (agents arrive with issue 14)",
+                            "remove it (routes fail closed), or set `on-redis-failure \"open\"` on a Redis rate-limit filter",
+                        );
+                    }
                     p.failure_mode = v as i32;
                 }
             }

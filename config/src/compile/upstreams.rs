@@ -1,5 +1,6 @@
 //! `upstreams { upstream "name" { … } }`: targets (both forms), discovery,
-//! load balancing, health checks, circuit breaker, pool, timeouts, retry.
+//! load balancing, health checks, circuit breaker, pool, timeouts, retry,
+//! `fleet-health` (act on the fleet's health quorum).
 //! Produces an `Upstream` and its `Endpoints` (empty for discovered ones,
 //! which the control plane fills).
 
@@ -23,6 +24,8 @@ const UPSTREAM: &[&str] = &[
     "timeouts",
     "retry",
     "all-unhealthy",
+    "tls",
+    "fleet-health",
 ];
 const TARGET: &[&str] = &["address", "weight", "zone"];
 const LOAD_BALANCING: &[&str] = &["key", "virtual-nodes"];
@@ -72,6 +75,8 @@ const DNS: &[&str] = &[
     "record-type",
     "refresh-interval-secs",
     "resolver",
+    "nameserver",
+    "empty-grace-secs",
 ];
 const CONSUL: &[&str] = &[
     "address",
@@ -81,6 +86,8 @@ const CONSUL: &[&str] = &[
     "healthy-only",
     "refresh-interval-secs",
     "token",
+    "ca-file",
+    "empty-grace-secs",
 ];
 const KUBERNETES: &[&str] = &[
     "namespace",
@@ -89,6 +96,9 @@ const KUBERNETES: &[&str] = &[
     "refresh-interval-secs",
     "api-server",
     "token-file",
+    "kubeconfig",
+    "ca-file",
+    "empty-grace-secs",
 ];
 
 pub(super) const SCHEMA: &[(&str, &[&str])] = &[
@@ -107,6 +117,7 @@ pub(super) const SCHEMA: &[(&str, &[&str])] = &[
     ("discovery \"dns\"", DNS),
     ("discovery \"consul\"", CONSUL),
     ("discovery \"kubernetes\"", KUBERNETES),
+    ("upstream tls", UPSTREAM_TLS),
 ];
 
 pub(crate) const ALGORITHMS: &[(&str, pb::LoadBalancingAlgorithm)] = &[
@@ -174,6 +185,8 @@ fn defaults(name: String) -> pb::Upstream {
             min_retries_per_second: 3,
         }),
         all_unhealthy: pb::AllUnhealthy::FailOpen as i32,
+        tls: None,
+        fleet_health: false,
     }
 }
 
@@ -264,6 +277,8 @@ pub(super) fn upstream(
                     u.all_unhealthy = v as i32;
                 }
             }
+            "tls" => u.tls = Some(upstream_tls(ctx, child)),
+            "fleet-health" => u.fleet_health = ctx.boolean(child).unwrap_or_default(),
             _ => ctx.unknown_node(child, "upstream", UPSTREAM),
         }
     }
@@ -402,6 +417,7 @@ fn discovery(ctx: &mut Ctx, node: &KdlNode) -> Option<pb::discovery::Source> {
                 record_type: pb::DnsRecordType::A as i32,
                 refresh_interval_ms: 30_000,
                 resolver: String::new(),
+                empty_grace_ms: None,
             };
             for child in children(node) {
                 if !seen.first(ctx, child, &[]) {
@@ -425,10 +441,11 @@ fn discovery(ctx: &mut Ctx, node: &KdlNode) -> Option<pb::discovery::Source> {
                     "refresh-interval-secs" => {
                         d.refresh_interval_ms = refresh(ctx, child).unwrap_or(d.refresh_interval_ms)
                     }
-                    "resolver" => {
-                        d.resolver = checked(ctx, child, |s| values::check_address(s, false))
-                            .unwrap_or_default()
+                    // `nameserver` is the seed's name for the same option.
+                    "resolver" | "nameserver" => {
+                        d.resolver = checked(ctx, child, check_resolver).unwrap_or_default()
                     }
+                    "empty-grace-secs" => d.empty_grace_ms = empty_grace(ctx, child),
                     _ => ctx.unknown_node(child, "discovery \"dns\"", DNS),
                 }
             }
@@ -439,6 +456,19 @@ fn discovery(ctx: &mut Ctx, node: &KdlNode) -> Option<pb::discovery::Source> {
                 "hostname",
                 !d.hostname.is_empty(),
             );
+            let aliases: Vec<&KdlNode> = children(node)
+                .iter()
+                .filter(|c| name(c) == "nameserver")
+                .collect();
+            if let Some(alias) = aliases.first()
+                && children(node).iter().any(|c| name(c) == "resolver")
+            {
+                ctx.error_help(
+                    name_span(alias),
+                    "`nameserver` and `resolver` are the same option",
+                    "keep one of them",
+                );
+            }
             let srv = d.record_type == pb::DnsRecordType::Srv as i32;
             if !srv {
                 require(ctx, node, "discovery \"dns\"", "port", d.port != 0);
@@ -454,6 +484,8 @@ fn discovery(ctx: &mut Ctx, node: &KdlNode) -> Option<pb::discovery::Source> {
                 healthy_only: true,
                 refresh_interval_ms: 15_000,
                 token: String::new(),
+                empty_grace_ms: None,
+                ca_file: String::new(),
             };
             for child in children(node) {
                 if !seen.first(ctx, child, &[]) {
@@ -471,6 +503,8 @@ fn discovery(ctx: &mut Ctx, node: &KdlNode) -> Option<pb::discovery::Source> {
                         c.refresh_interval_ms = refresh(ctx, child).unwrap_or(c.refresh_interval_ms)
                     }
                     "token" => c.token = ctx.string(child).unwrap_or_default(),
+                    "ca-file" => c.ca_file = ctx.string(child).unwrap_or_default(),
+                    "empty-grace-secs" => c.empty_grace_ms = empty_grace(ctx, child),
                     _ => ctx.unknown_node(child, "discovery \"consul\"", CONSUL),
                 }
             }
@@ -498,6 +532,9 @@ fn discovery(ctx: &mut Ctx, node: &KdlNode) -> Option<pb::discovery::Source> {
                 refresh_interval_ms: 30_000,
                 api_server: String::new(),
                 token_file: String::new(),
+                empty_grace_ms: None,
+                kubeconfig: String::new(),
+                ca_file: String::new(),
             };
             for child in children(node) {
                 if !seen.first(ctx, child, &[]) {
@@ -531,6 +568,9 @@ fn discovery(ctx: &mut Ctx, node: &KdlNode) -> Option<pb::discovery::Source> {
                                 .unwrap_or_default()
                     }
                     "token-file" => k.token_file = ctx.string(child).unwrap_or_default(),
+                    "kubeconfig" => k.kubeconfig = ctx.string(child).unwrap_or_default(),
+                    "ca-file" => k.ca_file = ctx.string(child).unwrap_or_default(),
+                    "empty-grace-secs" => k.empty_grace_ms = empty_grace(ctx, child),
                     _ => ctx.unknown_node(child, "discovery \"kubernetes\"", KUBERNETES),
                 }
             }
@@ -559,6 +599,20 @@ fn consul_address(s: &str) -> Result<(), String> {
     } else {
         values::check_address(s, false)
     }
+}
+
+/// `empty-grace-secs N`: 0 believes an empty answer at once; unset = the
+/// runner's default (30 s).
+fn empty_grace(ctx: &mut Ctx, node: &KdlNode) -> Option<u64> {
+    ctx.uint(node, 0, 86_400).map(|s| s * 1000)
+}
+
+/// A resolver is asked by IP: `host:port` with a name would need a resolver
+/// to find the resolver.
+fn check_resolver(s: &str) -> Result<(), String> {
+    s.parse::<std::net::SocketAddr>().map(|_| ()).map_err(|_| {
+        format!("invalid resolver `{s}`: expected an IP address and port, e.g. \"10.0.0.2:53\" or \"[fd00::2]:53\"")
+    })
 }
 
 fn refresh(ctx: &mut Ctx, node: &KdlNode) -> Option<u64> {
@@ -871,4 +925,122 @@ fn retry(ctx: &mut Ctx, node: &KdlNode, r: &mut pb::Retry) {
             _ => ctx.unknown_node(child, "retry", RETRY),
         }
     }
+}
+
+// === upstream tls ===
+
+const UPSTREAM_TLS: &[&str] = &[
+    "sni",
+    "ca-file",
+    "client-cert",
+    "client-key",
+    "insecure-skip-verify",
+    "alpn",
+];
+
+/// `tls { … }` on an upstream: TLS from the proxy to the targets. The block
+/// alone (even empty) turns TLS on with system roots and the target's host
+/// as server name. Paths stay unresolved (`${VAR}`); the proxy reads them.
+fn upstream_tls(ctx: &mut Ctx, node: &KdlNode) -> pb::UpstreamTls {
+    ctx.check_props(node, &[]);
+    ctx.no_args(node);
+    let mut t = pb::UpstreamTls {
+        sni: String::new(),
+        ca_file: String::new(),
+        client_cert_file: String::new(),
+        client_key_file: String::new(),
+        insecure_skip_verify: false,
+        alpn: vec!["http/1.1".into()],
+    };
+    let mut seen = Seen::default();
+    for child in children(node) {
+        if !seen.first(ctx, child, &[]) {
+            continue;
+        }
+        match name(child) {
+            "sni" => t.sni = checked(ctx, child, check_sni).unwrap_or_default(),
+            "ca-file" => t.ca_file = checked(ctx, child, check_file).unwrap_or_default(),
+            "client-cert" => {
+                t.client_cert_file = checked(ctx, child, check_file).unwrap_or_default()
+            }
+            "client-key" => t.client_key_file = checked(ctx, child, check_file).unwrap_or_default(),
+            "insecure-skip-verify" => {
+                t.insecure_skip_verify = ctx.boolean(child).unwrap_or(t.insecure_skip_verify)
+            }
+            "alpn" => {
+                let mut alpn = Vec::new();
+                for (v, span) in ctx.strings(child) {
+                    if v == "h2" || v == "http/1.1" {
+                        if !alpn.contains(&v) {
+                            alpn.push(v);
+                        }
+                    } else {
+                        ctx.error_help(
+                            span,
+                            format!("unknown ALPN protocol `{v}`"),
+                            "use \"h2\" and/or \"http/1.1\"",
+                        );
+                    }
+                }
+                if !alpn.is_empty() {
+                    t.alpn = alpn;
+                }
+            }
+            _ => ctx.unknown_node(child, "tls", UPSTREAM_TLS),
+        }
+    }
+    let find = |n: &str| children(node).iter().find(|c| name(c) == n);
+    match (find("client-cert"), find("client-key")) {
+        (Some(c), None) => ctx.error_help(
+            name_span(c),
+            "`client-cert` without `client-key`",
+            "mTLS needs both: add `client-key \"/path/to/client.key\"`",
+        ),
+        (None, Some(k)) => ctx.error_help(
+            name_span(k),
+            "`client-key` without `client-cert`",
+            "mTLS needs both: add `client-cert \"/path/to/client.pem\"`",
+        ),
+        _ => {}
+    }
+    if t.insecure_skip_verify
+        && let Some(ca) = find("ca-file")
+    {
+        ctx.error_help(
+            name_span(ca),
+            "`ca-file` has no effect with `insecure-skip-verify #true`",
+            "remove one of them: either verify against the CA or skip verification",
+        );
+    }
+    t
+}
+
+/// A server name for SNI: a DNS name (IP addresses are sent as no SNI, so
+/// they are refused here). `${VAR}` references are checked with defaults.
+fn check_sni(value: &str) -> Result<(), String> {
+    let Some(v) = env_default(value)? else {
+        return Ok(());
+    };
+    if v.parse::<std::net::IpAddr>().is_ok() {
+        return Err(format!(
+            "`sni` must be a DNS name, not the IP address `{v}`; leave it out to verify the target's IP"
+        ));
+    }
+    values::check_hostname(&v).map_err(|e| format!("invalid `sni`: {e}"))
+}
+
+/// A file path: non-empty, no NUL.
+fn check_file(value: &str) -> Result<(), String> {
+    let v = env_default(value)?.unwrap_or_else(|| value.to_string());
+    if value.is_empty() || v.contains('\0') {
+        return Err("expected a file path".into());
+    }
+    Ok(())
+}
+
+/// The value with `${VAR:-default}` defaults applied; `None` when a
+/// reference has no default (only its syntax can be checked then).
+fn env_default(value: &str) -> Result<Option<String>, String> {
+    crate::env::references(value).map_err(|e| e.to_string())?;
+    Ok(crate::env::with_defaults(value))
 }

@@ -1,58 +1,156 @@
-//! The OpenAPI 3 document of the REST API (`GET /v1/openapi.json`).
+//! The OpenAPI 3.1 document of the REST API, generated from the code.
+//!
+//! Nothing here describes an endpoint by hand: [`ApiDoc`] lists the
+//! handlers, and `utoipa` reads their `#[utoipa::path]` annotations and the
+//! `ToSchema` types they take and return. Two touches are added here:
+//! the `bearer` security scheme, and `x-sentinel-role` on each operation
+//! (the role its security requirement names, for readers and generators
+//! that ignore scopes on a bearer scheme).
+//!
+//! The same document is served at `GET /v1/openapi.json` and written to
+//! `docs/openapi.json` by `sentinel-cp openapi`; a test keeps the two equal.
 
-use axum::Json;
-use serde_json::{Value, json};
+use axum::response::{IntoResponse, Response};
+use utoipa::openapi::extensions::ExtensionsBuilder;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
 
-fn op(summary: &str, role: &str, responses: &[(&str, &str)]) -> Value {
-    let mut r = serde_json::Map::new();
-    for (code, text) in responses {
-        r.insert((*code).to_string(), json!({ "description": text }));
-    }
-    json!({
-        "summary": summary,
-        "security": if role.is_empty() { json!([]) } else { json!([{ "bearer": [] }]) },
-        "x-sentinel-role": role,
-        "responses": r,
-    })
-}
+use super::{ErrorBody, configs, discovery, fleet, tokens};
 
-pub async fn document() -> Json<Value> {
-    let common = [
-        ("401", "no or unknown token"),
-        ("403", "token lacks the role"),
-        ("503", "database unavailable"),
-    ];
-    let with = |extra: &[(&'static str, &'static str)]| -> Vec<(&'static str, &'static str)> {
-        let mut v = extra.to_vec();
-        v.extend_from_slice(&common);
-        v
-    };
-    Json(json!({
-        "openapi": "3.0.3",
-        "info": { "title": "Sentinel control plane", "version": env!("CARGO_PKG_VERSION") },
-        "components": { "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } } },
-        "paths": {
-            "/v1/configs": {
-                "get": op("List versions, newest first (?limit=N)", "read", &with(&[("200", "versions and the active number")])),
-                "post": op(
-                    "Apply a configuration: {source, file?, message?, author?, expect_version?, dry_run?}; If-Match: N for optimistic concurrency",
-                    "write",
-                    &with(&[("201", "stored and activated"), ("200", "identical to the active version, or dry run"), ("400", "bad body"), ("409", "If-Match does not match the active version"), ("422", "invalid KDL: diagnostics and rendered text")]),
-                ),
-            },
-            "/v1/configs/active": { "get": op("The active version with its KDL source", "read", &with(&[("200", "version"), ("404", "nothing applied yet")])) },
-            "/v1/configs/{number}": { "get": op("One version with its KDL source and resource versions", "read", &with(&[("200", "version"), ("404", "no such version")])) },
-            "/v1/diff": { "get": op("Difference between versions (?from=A&to=B): resources added/changed/removed and the text diff", "read", &with(&[("200", "diff"), ("404", "no such version")])) },
-            "/v1/rollback": { "post": op("Re-activate the previous version, or {to: N}", "write", &with(&[("200", "{from, to}"), ("404", "no such version"), ("409", "nothing to roll back to, or already active")])) },
-            "/v1/activations": { "get": op("Deployment history: every apply and rollback", "read", &with(&[("200", "activations")])) },
-            "/v1/audit": { "get": op("Audit trail", "admin", &with(&[("200", "entries")])) },
-            "/v1/nodes": { "get": op("Proxies: id, region, zone, connected, acked version, last NACK, last seen", "read", &with(&[("200", "nodes")])) },
-            "/v1/status": { "get": op("Active version, nodes per region and version, NACKs, disconnected nodes", "read", &with(&[("200", "status")])) },
-            "/v1/health": { "get": op("Upstream target health aggregated across proxies, with quorum", "read", &with(&[("200", "health")])) },
-            "/v1/tokens": { "post": op("Create an API token {name, role}; the secret is shown once", "admin", &with(&[("201", "token"), ("409", "name taken")])) },
-            "/healthz": { "get": op("Liveness", "", &[("200", "alive")]) },
-            "/readyz": { "get": op("Readiness: the database answers", "", &[("200", "ready"), ("503", "database unavailable")]) },
-            "/metrics": { "get": op("Prometheus metrics", "", &[("200", "metrics")]) },
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Sentinel control plane",
+        description = "Versioned configuration, rollback and fleet state of a Sentinel proxy fleet. \
+Every call under /v1 needs `Authorization: Bearer TOKEN` with the role named by the operation's \
+security requirement (`read` < `write` < `admin`). Every error is an `ErrorBody`. Field names \
+under /v1 are stable: fields may be added, never renamed or removed, within /v1.",
+        license(name = "Apache-2.0", identifier = "Apache-2.0"),
+    ),
+    paths(
+        configs::apply, configs::list, configs::active, configs::get, configs::diff,
+        configs::rollback, configs::activations, configs::audit,
+        fleet::nodes, fleet::node_events, fleet::status, fleet::health,
+        discovery::discovery,
+        tokens::create, tokens::list, tokens::revoke,
+        super::healthz, super::readyz, super::metrics, openapi_json,
+    ),
+    components(schemas(ErrorBody)),
+    modifiers(&Security),
+    tags(
+        (name = "configs", description = "versions, apply, diff, rollback, history"),
+        (name = "fleet", description = "proxies, their versions and NACKs, upstream health"),
+        (name = "tokens", description = "API and join tokens, audit trail (admin)"),
+        (name = "operations", description = "liveness, readiness, metrics, this document"),
+    ),
+)]
+pub struct ApiDoc;
+
+struct Security;
+
+impl Modify for Security {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "An API token (`sentinelctl token create NAME --role ROLE`, or \
+                         `--bootstrap-token`). The scopes of each requirement name the role.",
+                    ))
+                    .build(),
+            ),
+        );
+        for item in doc.paths.paths.values_mut() {
+            if let Some(get) = &mut item.get {
+                conditional_read(get);
+            }
+            for op in [
+                &mut item.get,
+                &mut item.post,
+                &mut item.put,
+                &mut item.delete,
+                &mut item.patch,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                let role = op
+                    .security
+                    .as_ref()
+                    .and_then(|reqs| serde_json::to_value(reqs).ok())
+                    .and_then(|v| v[0]["bearer"][0].as_str().map(str::to_string))
+                    .unwrap_or_else(|| "none".to_string());
+                let ext = ExtensionsBuilder::new()
+                    .add("x-sentinel-role", role)
+                    .build();
+                match &mut op.extensions {
+                    Some(e) => e.merge(ext),
+                    None => op.extensions = Some(ext),
+                }
+            }
         }
-    }))
+    }
 }
+
+/// What the `etag` middleware does to every `GET`, in the document: an
+/// optional `If-None-Match`, an `ETag` on 200, and 304.
+fn conditional_read(op: &mut utoipa::openapi::path::Operation) {
+    use utoipa::openapi::header::HeaderBuilder;
+    use utoipa::openapi::path::{ParameterBuilder, ParameterIn};
+    use utoipa::openapi::{ObjectBuilder, RefOr, Required, ResponseBuilder, Type};
+    let string = || ObjectBuilder::new().schema_type(Type::String).build();
+    op.parameters.get_or_insert_with(Vec::new).push(
+        ParameterBuilder::new()
+            .name("If-None-Match")
+            .parameter_in(ParameterIn::Header)
+            .required(Required::False)
+            .description(Some(
+                "An `ETag` from an earlier answer: 304 with no body if the answer is unchanged",
+            ))
+            .schema(Some(string()))
+            .build(),
+    );
+    if let Some(RefOr::T(ok)) = op.responses.responses.get_mut("200") {
+        ok.headers.insert(
+            "ETag".to_string(),
+            HeaderBuilder::new()
+                .schema(string())
+                .description(Some("Strong validator of this answer (a hash of the body)"))
+                .build(),
+        );
+    }
+    op.responses.responses.insert(
+        "304".to_string(),
+        RefOr::T(
+            ResponseBuilder::new()
+                .description("Not modified: `If-None-Match` names the current `ETag`")
+                .build(),
+        ),
+    );
+}
+
+/// The document as pretty JSON with a final newline: what is served and
+/// what `docs/openapi.json` holds, byte for byte.
+pub fn json() -> String {
+    let mut text = ApiDoc::openapi()
+        .to_pretty_json()
+        .unwrap_or_else(|e| format!("{{\"error\": \"cannot render the document: {e}\"}}"));
+    text.push('\n');
+    text
+}
+
+/// This document.
+#[utoipa::path(operation_id = "openapi", get, path = "/v1/openapi.json", tag = "operations",
+    responses((status = 200, description = "the OpenAPI 3.1 document", content_type = "application/json")))]
+pub async fn openapi_json() -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        json(),
+    )
+        .into_response()
+}
+
+pub use openapi_json as serve;

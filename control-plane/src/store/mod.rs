@@ -1,5 +1,6 @@
-//! Storage: immutable config versions, activations, nodes, API tokens and
-//! the audit trail, in PostgreSQL (production, several replicas) or an
+//! Storage: immutable config versions, activations, nodes (`nodes.rs`, and
+//! the background writer that feeds them, `writer.rs`), API tokens and the
+//! audit trail, in PostgreSQL (production, several replicas) or an
 //! embedded SQLite file (the zero-set-up default).
 //!
 //! One [`Store`] serves both through sqlx's `Any` driver with plain runtime
@@ -16,6 +17,20 @@ use sentinel_proto as pb;
 use serde::Serialize;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
+
+/// The records are the API's models (one crate with `sentinelctl`).
+pub use sentinel_api::{Activation, AuditEntry, Role, VersionRecord};
+
+mod endpoints;
+mod nodes;
+pub mod writer;
+
+pub use endpoints::{EndpointHistory, HISTORY_PER_UPSTREAM};
+
+pub use nodes::{Nack, NodeChange, NodeEvent, NodeRecord, REPLICA_TIMEOUT, sanitise};
+
+mod tokens;
+pub use tokens::{Ensured, NewToken, TokenKind, TokenRecord, Unusable};
 
 /// Which database is behind the pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,84 +74,11 @@ impl From<sqlx::Error> for StoreError {
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
-/// A stored configuration version (without its resources).
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct VersionRecord {
-    pub number: i64,
-    pub hash: String,
-    pub file_name: String,
-    pub author: String,
-    pub message: String,
-    pub created_at_unix_ms: i64,
-}
-
 #[derive(Debug, Clone)]
 pub struct StoredVersion {
     pub record: VersionRecord,
     pub source: String,
     pub resources: Vec<pb::Resource>,
-}
-
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct Activation {
-    pub id: i64,
-    /// `apply` or `rollback`.
-    pub kind: String,
-    pub from_version: Option<i64>,
-    pub to_version: i64,
-    pub actor: String,
-    pub message: String,
-    pub at_unix_ms: i64,
-}
-
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct Nack {
-    pub version: i64,
-    pub resource: String,
-    pub error: String,
-    pub at_unix_ms: i64,
-}
-
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct NodeRecord {
-    pub id: String,
-    pub region: String,
-    pub zone: String,
-    pub build_version: String,
-    /// The control-plane replica the node is (or was last) connected to.
-    pub replica: String,
-    pub connected: bool,
-    pub acked_version: Option<i64>,
-    pub acked_hash: Option<String>,
-    pub last_nack: Option<Nack>,
-    pub last_seen_unix_ms: i64,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    Read,
-    Write,
-    Admin,
-}
-
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Read => "read",
-            Role::Write => "write",
-            Role::Admin => "admin",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Role> {
-        match s {
-            "read" => Some(Role::Read),
-            "write" => Some(Role::Write),
-            "admin" => Some(Role::Admin),
-            _ => None,
-        }
-    }
 }
 
 /// What an apply asks for.
@@ -146,6 +88,10 @@ pub struct NewVersion {
     pub source: String,
     pub file_name: String,
     pub resources: Vec<pb::Resource>,
+    /// Who activates it (the authenticated caller): the activation's and
+    /// the audit entry's actor.
+    pub actor: String,
+    /// Free text, stored with the version (`config_versions.author`).
     pub author: String,
     pub message: String,
     /// Optimistic concurrency: the version the caller believes is active.
@@ -220,35 +166,54 @@ fn activation(row: &AnyRow) -> Result<Activation> {
     })
 }
 
-fn node(row: &AnyRow) -> Result<NodeRecord> {
-    let nack_version: Option<i64> = row.try_get("nack_version")?;
-    let last_nack = match nack_version {
-        Some(version) => Some(Nack {
-            version,
-            resource: row
-                .try_get::<Option<String>, _>("nack_resource")?
-                .unwrap_or_default(),
-            error: row
-                .try_get::<Option<String>, _>("nack_error")?
-                .unwrap_or_default(),
-            at_unix_ms: row
-                .try_get::<Option<i64>, _>("nack_at")?
-                .unwrap_or_default(),
-        }),
-        None => None,
+/// A SQLite URL that does what it says: the file is created when missing
+/// (`mode=rwc` unless the URL names a `mode`), and a directory that does
+/// not exist is an error that says so, instead of SQLite's "unable to open
+/// database file".
+///
+/// Accepted forms: `sqlite:///var/lib/sentinel/cp.db` (absolute),
+/// `sqlite://cp.db`, `sqlite:cp.db`, `sqlite:data/cp.db` (relative to the
+/// working directory), each optionally with `?query` options, and
+/// `sqlite::memory:`.
+pub fn sqlite_url(url: &str) -> anyhow::Result<String> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .ok_or_else(|| anyhow::anyhow!("not a SQLite URL: `{url}`"))?;
+    let (path, query) = match rest.split_once('?') {
+        Some((p, q)) => (p, q),
+        None => (rest, ""),
     };
-    Ok(NodeRecord {
-        id: row.try_get("id")?,
-        region: row.try_get("region")?,
-        zone: row.try_get("zone")?,
-        build_version: row.try_get("build_version")?,
-        replica: row.try_get("replica")?,
-        connected: row.try_get::<i64, _>("connected")? != 0,
-        acked_version: row.try_get("acked_version")?,
-        acked_hash: row.try_get("acked_hash")?,
-        last_nack,
-        last_seen_unix_ms: row.try_get("last_seen")?,
-    })
+    if path.is_empty() {
+        anyhow::bail!(
+            "the SQLite URL `{url}` names no file: use sqlite:///absolute/path.db or sqlite:relative.db"
+        );
+    }
+    if path == ":memory:" {
+        return Ok(url.to_string());
+    }
+    let file = std::path::Path::new(path);
+    let dir = match file.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
+    if !dir.is_dir() {
+        anyhow::bail!(
+            "the directory `{}` of the SQLite database `{path}` does not exist: create it first \
+             (sentinel-cp creates the database file, not its directory)",
+            dir.display()
+        );
+    }
+    if file.is_dir() {
+        anyhow::bail!("the SQLite database `{path}` is a directory; name a file in it");
+    }
+    let has_mode = query.split('&').any(|kv| kv.starts_with("mode="));
+    let query = match (query.is_empty(), has_mode) {
+        (true, _) => "mode=rwc".to_string(),
+        (false, false) => format!("{query}&mode=rwc"),
+        (false, true) => query.to_string(),
+    };
+    Ok(format!("sqlite://{path}?{query}"))
 }
 
 impl Store {
@@ -257,7 +222,9 @@ impl Store {
     pub async fn connect(url: &str) -> anyhow::Result<Store> {
         sqlx::any::install_default_drivers();
         let url = if url.is_empty() {
-            "sqlite://sentinel-cp.db?mode=rwc".to_string()
+            sqlite_url("sqlite:sentinel-cp.db")?
+        } else if url.starts_with("sqlite:") {
+            sqlite_url(url)?
         } else {
             url.to_string()
         };
@@ -304,6 +271,14 @@ impl Store {
             url,
             writer: Default::default(),
         })
+    }
+
+    /// `postgres` or `sqlite`.
+    pub fn dialect_name(&self) -> &'static str {
+        match self.dialect {
+            Dialect::Postgres => "postgres",
+            Dialect::Sqlite => "sqlite",
+        }
     }
 
     pub async fn ping(&self) -> Result<()> {
@@ -440,14 +415,14 @@ impl Store {
         .bind("apply")
         .bind(active_number)
         .bind(number)
-        .bind(&new.author)
+        .bind(&new.actor)
         .bind(&new.message)
         .bind(now)
         .execute(&mut **tx)
         .await?;
         Self::audit(
             tx,
-            &new.author,
+            &new.actor,
             "apply",
             &format!("version {number} ({})", new.hash),
         )
@@ -467,9 +442,21 @@ impl Store {
         actor: &str,
         message: &str,
     ) -> Result<(i64, i64)> {
+        self.rollback_expecting(to, None, actor, message).await
+    }
+
+    /// [`Store::rollback`], refused with `Conflict` unless `expect` (when
+    /// given) is the active version: `If-Match` on `POST /v1/rollback`.
+    pub async fn rollback_expecting(
+        &self,
+        to: Option<i64>,
+        expect: Option<i64>,
+        actor: &str,
+        message: &str,
+    ) -> Result<(i64, i64)> {
         let _serial = self.writer.lock().await;
         let mut tx = self.pool.begin().await?;
-        let result = self.rollback_in(&mut tx, to, actor, message).await;
+        let result = self.rollback_in(&mut tx, to, expect, actor, message).await;
         Self::finish(tx, result, |_| true).await
     }
 
@@ -477,6 +464,7 @@ impl Store {
         &self,
         tx: &mut sqlx::Transaction<'_, sqlx::Any>,
         to: Option<i64>,
+        expect: Option<i64>,
         actor: &str,
         message: &str,
     ) -> Result<(i64, i64)> {
@@ -492,6 +480,11 @@ impl Store {
             ));
         };
         let from = last.to_version;
+        if let Some(expected) = expect.filter(|e| *e != from) {
+            return Err(StoreError::Conflict(format!(
+                "version {from} is active, not {expected} (If-Match); nothing was changed"
+            )));
+        }
         let target = match to {
             Some(n) => n,
             None => last.from_version.ok_or_else(|| {
@@ -562,209 +555,85 @@ impl Store {
 
     /// Newest first.
     pub async fn versions(&self, limit: i64) -> Result<Vec<VersionRecord>> {
+        self.versions_before(limit, None).await
+    }
+
+    /// Newest first, only numbers below `before` (a page of a list whose
+    /// cursor is the last number seen).
+    pub async fn versions_before(
+        &self,
+        limit: i64,
+        before: Option<i64>,
+    ) -> Result<Vec<VersionRecord>> {
         let q = concat!(
             "SELECT ",
             version_columns!(),
-            " FROM config_versions ORDER BY number DESC LIMIT $1"
+            " FROM config_versions WHERE number < $1 ORDER BY number DESC LIMIT $2"
         );
-        let rows = sqlx::query(q).bind(limit).fetch_all(&self.pool).await?;
+        let rows = sqlx::query(q)
+            .bind(before.unwrap_or(i64::MAX))
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter().map(version_record).collect()
     }
 
     /// Newest first.
     pub async fn activations(&self, limit: i64) -> Result<Vec<Activation>> {
+        self.activations_before(limit, None).await
+    }
+
+    /// Newest first, only ids below `before`.
+    pub async fn activations_before(
+        &self,
+        limit: i64,
+        before: Option<i64>,
+    ) -> Result<Vec<Activation>> {
         let rows = sqlx::query(
-            "SELECT id, kind, from_version, to_version, actor, message, at FROM activations ORDER BY id DESC LIMIT $1",
+            "SELECT id, kind, from_version, to_version, actor, message, at FROM activations \
+             WHERE id < $1 ORDER BY id DESC LIMIT $2",
         )
+        .bind(before.unwrap_or(i64::MAX))
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(activation).collect()
     }
 
-    /// Applies node updates in order, in one transaction.
-    pub async fn write_node_updates(
+    pub async fn audit_log(&self, limit: i64) -> Result<Vec<AuditEntry>> {
+        Ok(self
+            .audit_before(limit, None)
+            .await?
+            .into_iter()
+            .map(|(_, e)| e)
+            .collect())
+    }
+
+    /// Newest first, only ids below `before`; each entry with its id (the
+    /// cursor of the next page).
+    pub async fn audit_before(
         &self,
-        updates: &[crate::fleet::NodeUpdate],
-        replica: &str,
-    ) -> Result<()> {
-        use crate::fleet::NodeUpdate as U;
-        let mut tx = self.pool.begin().await?;
-        let now = now_ms();
-        for u in updates {
-            match u {
-                U::Connected(node) => {
-                    let updated = sqlx::query(
-                        "UPDATE nodes SET region = $1, zone = $2, build_version = $3, replica = $4, connected = 1, last_seen = $5 WHERE id = $6",
-                    )
-                    .bind(&node.region)
-                    .bind(&node.zone)
-                    .bind(&node.build_version)
-                    .bind(replica)
-                    .bind(now)
-                    .bind(&node.id)
-                    .execute(&mut *tx)
-                    .await?;
-                    if updated.rows_affected() == 0 {
-                        sqlx::query(
-                            "INSERT INTO nodes (id, region, zone, build_version, replica, connected, last_seen) VALUES ($1, $2, $3, $4, $5, 1, $6)",
-                        )
-                        .bind(&node.id)
-                        .bind(&node.region)
-                        .bind(&node.zone)
-                        .bind(&node.build_version)
-                        .bind(replica)
-                        .bind(now)
-                        .execute(&mut *tx)
-                        .await?;
-                    }
-                }
-                U::Disconnected(id) => {
-                    sqlx::query("UPDATE nodes SET connected = 0, last_seen = $1 WHERE id = $2 AND replica = $3")
-                        .bind(now)
-                        .bind(id)
-                        .bind(replica)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                U::Ack { id, version, hash } => {
-                    sqlx::query("UPDATE nodes SET acked_version = $1, acked_hash = $2, last_seen = $3 WHERE id = $4")
-                        .bind(*version)
-                        .bind(hash)
-                        .bind(now)
-                        .bind(id)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                U::Nack {
-                    id,
-                    version,
-                    resource,
-                    error,
-                } => {
-                    sqlx::query(
-                        "UPDATE nodes SET nack_version = $1, nack_resource = $2, nack_error = $3, nack_at = $4, last_seen = $5 WHERE id = $6",
-                    )
-                    .bind(*version)
-                    .bind(resource)
-                    .bind(error)
-                    .bind(now)
-                    .bind(now)
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
-                }
-            }
-        }
-        tx.commit().await?;
-        Ok(())
-    }
-
-    pub async fn node_connected(&self, node: &pb::Node, replica: &str) -> Result<()> {
-        self.write_node_updates(
-            &[crate::fleet::NodeUpdate::Connected(node.clone())],
-            replica,
-        )
-        .await
-    }
-
-    /// Only the replica holding the session may mark it gone: the node may
-    /// already have reconnected to another replica.
-    pub async fn node_disconnected(&self, id: &str, replica: &str) -> Result<()> {
-        self.write_node_updates(
-            &[crate::fleet::NodeUpdate::Disconnected(id.to_string())],
-            replica,
-        )
-        .await
-    }
-
-    pub async fn record_ack(&self, id: &str, version: i64, hash: &str) -> Result<()> {
-        let u = crate::fleet::NodeUpdate::Ack {
-            id: id.to_string(),
-            version,
-            hash: hash.to_string(),
-        };
-        self.write_node_updates(&[u], "").await
-    }
-
-    pub async fn record_nack(
-        &self,
-        id: &str,
-        version: i64,
-        resource: &str,
-        error: &str,
-    ) -> Result<()> {
-        let u = crate::fleet::NodeUpdate::Nack {
-            id: id.to_string(),
-            version,
-            resource: resource.to_string(),
-            error: error.to_string(),
-        };
-        self.write_node_updates(&[u], "").await
-    }
-
-    pub async fn nodes(&self) -> Result<Vec<NodeRecord>> {
+        limit: i64,
+        before: Option<i64>,
+    ) -> Result<Vec<(i64, AuditEntry)>> {
         let rows = sqlx::query(
-            "SELECT id, region, zone, build_version, replica, connected, acked_version, acked_hash, nack_version, \
-             nack_resource, nack_error, nack_at, last_seen FROM nodes ORDER BY region, zone, id",
+            "SELECT id, at, actor, action, detail FROM audit WHERE id < $1 ORDER BY id DESC LIMIT $2",
         )
+        .bind(before.unwrap_or(i64::MAX))
+        .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(node).collect()
-    }
-
-    /// Creates a token unless one with that name exists. Only the hash of
-    /// the secret is stored.
-    pub async fn ensure_token(&self, name: &str, secret_hash: &str, role: Role) -> Result<bool> {
-        let exists = sqlx::query("SELECT id FROM api_tokens WHERE name = $1")
-            .bind(name)
-            .fetch_optional(&self.pool)
-            .await?;
-        if exists.is_some() {
-            return Ok(false);
-        }
-        sqlx::query(
-            "INSERT INTO api_tokens (name, token_hash, role, created_at) VALUES ($1, $2, $3, $4)",
-        )
-        .bind(name)
-        .bind(secret_hash)
-        .bind(role.as_str())
-        .bind(now_ms())
-        .execute(&self.pool)
-        .await?;
-        Ok(true)
-    }
-
-    /// (name, role) of the token whose secret hashes to `secret_hash`.
-    pub async fn token(&self, secret_hash: &str) -> Result<Option<(String, Role)>> {
-        let row = sqlx::query("SELECT name, role FROM api_tokens WHERE token_hash = $1")
-            .bind(secret_hash)
-            .fetch_optional(&self.pool)
-            .await?;
-        match row {
-            Some(r) => {
-                let role: String = r.try_get("role")?;
-                Ok(Role::parse(&role)
-                    .map(|role| (r.try_get::<String, _>("name").unwrap_or_default(), role)))
-            }
-            None => Ok(None),
-        }
-    }
-
-    pub async fn audit_log(&self, limit: i64) -> Result<Vec<serde_json::Value>> {
-        let rows =
-            sqlx::query("SELECT at, actor, action, detail FROM audit ORDER BY id DESC LIMIT $1")
-                .bind(limit)
-                .fetch_all(&self.pool)
-                .await?;
         rows.iter()
             .map(|r| {
-                Ok(serde_json::json!({
-                    "at_unix_ms": r.try_get::<i64, _>("at")?,
-                    "actor": r.try_get::<String, _>("actor")?,
-                    "action": r.try_get::<String, _>("action")?,
-                    "detail": r.try_get::<String, _>("detail")?,
-                }))
+                Ok((
+                    r.try_get::<i64, _>("id")?,
+                    AuditEntry {
+                        at_unix_ms: r.try_get::<i64, _>("at")?,
+                        actor: r.try_get::<String, _>("actor")?,
+                        action: r.try_get::<String, _>("action")?,
+                        detail: r.try_get::<String, _>("detail")?,
+                    },
+                ))
             })
             .collect()
     }

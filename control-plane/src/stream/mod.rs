@@ -21,7 +21,10 @@ use sentinel_proto::config_stream_server::ConfigStream;
 use tokio::sync::{mpsc, watch};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::fleet::{ActiveConfig, Fleet, NodeUpdate};
+use crate::changes::{ActiveConfig, Epoch, NodeUpdate};
+pub use crate::changes::{Delta, delta};
+use crate::fleet::Fleet;
+use crate::identity::StreamAuth;
 
 /// Encoded resource bytes per response chunk (gRPC's default limit is 4 MiB).
 pub const CHUNK_BYTES: usize = 2 * 1024 * 1024;
@@ -36,6 +39,8 @@ pub struct StreamService {
     pub fleet: Arc<Fleet>,
     pub keepalive: Duration,
     pub shutdown: watch::Receiver<bool>,
+    /// Who may speak for which node id (certificate, join token, or anyone).
+    pub auth: Arc<StreamAuth>,
 }
 
 /// What a proxy holds.
@@ -47,59 +52,6 @@ pub enum Held {
     Config(Arc<ActiveConfig>),
     /// An arbitrary set from a hello, sorted by (type, name).
     Versions(Vec<pb::ResourceVersion>),
-}
-
-/// What one response changes relative to what the proxy holds.
-#[derive(Debug, Default)]
-pub struct Delta {
-    pub resources: Vec<pb::Resource>,
-    pub removed: Vec<pb::ResourceRef>,
-}
-
-impl Delta {
-    pub fn is_empty(&self) -> bool {
-        self.resources.is_empty() && self.removed.is_empty()
-    }
-}
-
-/// Resources of `active` the proxy does not hold at that version, and names
-/// it holds that are gone. Both sides are sorted by (type, name), so this is
-/// one merge pass without allocation per lookup.
-pub fn delta<'a>(
-    held: impl Iterator<Item = (i32, &'a str, &'a str)>,
-    active: &ActiveConfig,
-) -> Delta {
-    let mut out = Delta::default();
-    let mut held = held.peekable();
-    for r in &active.resources {
-        let key = (r.r#type, r.name.as_str());
-        loop {
-            match held.peek() {
-                Some(h) if (h.0, h.1) < key => {
-                    out.removed.push(pb::ResourceRef {
-                        r#type: h.0,
-                        name: h.1.to_string(),
-                    });
-                    held.next();
-                }
-                _ => break,
-            }
-        }
-        match held.peek() {
-            Some(h) if (h.0, h.1) == key => {
-                if h.2 != r.version {
-                    out.resources.push(r.clone());
-                }
-                held.next();
-            }
-            _ => out.resources.push(r.clone()),
-        }
-    }
-    out.removed.extend(held.map(|h| pb::ResourceRef {
-        r#type: h.0,
-        name: h.1.to_string(),
-    }));
-    out
 }
 
 fn held_iter(held: &Held) -> Box<dyn Iterator<Item = (i32, &str, &str)> + '_> {
@@ -155,18 +107,31 @@ pub fn chunk(
             chunk: i as u32,
             chunk_count: count,
             keepalive: false,
+            peers: 0,
         })
         .collect()
 }
 
-/// Response awaiting the proxy's answer.
-struct Pending {
+/// The response in flight: sent, its answer not yet received. At most one
+/// per session.
+struct InFlight {
     nonce: String,
-    active: Arc<ActiveConfig>,
+    /// The configuration the proxy holds once it applies the response.
+    target: Arc<ActiveConfig>,
+}
+
+/// Text a proxy sends that ends up in logs and in the store: control
+/// characters (NUL among them, which PostgreSQL refuses) become spaces, and
+/// the length is capped (in characters, never splitting one).
+pub fn clean_text(text: &str, max_chars: usize) -> String {
+    text.chars()
+        .take(max_chars)
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
 }
 
 fn check_hello(hello: &pb::Hello) -> Result<pb::Node, Status> {
-    let node = hello
+    let mut node = hello
         .node
         .clone()
         .ok_or_else(|| Status::invalid_argument("hello: missing node"))?;
@@ -176,18 +141,60 @@ fn check_hello(hello: &pb::Hello) -> Result<pb::Node, Status> {
             "hello: node id must be 1-128 printable ASCII characters",
         ));
     }
-    if !ok(&node.region, 64) || !ok(&node.zone, 64) || node.build_version.len() > 64 {
+    if !ok(&node.region, 64) || !ok(&node.zone, 64) {
         return Err(Status::invalid_argument(
             "hello: region/zone must be at most 64 printable ASCII characters",
         ));
     }
-    if hello.held.len() > 1_000_000 {
+    if node.build_version.len() > 64 || node.build_version.chars().any(char::is_control) {
+        return Err(Status::invalid_argument(
+            "hello: build version must be at most 64 bytes without control characters",
+        ));
+    }
+    if node.labels.len() > 64
+        || node.labels.iter().any(|l| {
+            !ok(&l.key, 128) || l.value.len() > 256 || l.value.chars().any(char::is_control)
+        })
+    {
+        return Err(Status::invalid_argument(
+            "hello: at most 64 labels, keys printable ASCII (128), values without control characters (256 bytes)",
+        ));
+    }
+    if hello.held.len() > MAX_HELD {
         return Err(Status::invalid_argument("hello: too many held resources"));
     }
+    node.labels.sort_by(|a, b| a.key.cmp(&b.key));
     Ok(node)
 }
 
+/// The most resources a proxy may claim to hold (hello or resync).
+const MAX_HELD: usize = 1_000_000;
+
+/// A proxy's own list of what it holds, as the session keeps it.
+fn held_versions(mut v: Vec<pb::ResourceVersion>) -> Held {
+    v.sort_by(|a, b| (a.r#type, &a.name).cmp(&(b.r#type, &b.name)));
+    v.dedup_by(|a, b| a.r#type == b.r#type && a.name == b.name);
+    Held::Versions(v)
+}
+
+/// Why a session ended.
+enum End {
+    /// The proxy closed its side, the connection broke or the replica is
+    /// shutting down.
+    Closed,
+    /// The proxy broke the protocol; it is told why.
+    Refused(Status),
+}
+
 impl StreamService {
+    /// One proxy's delta session: the state machine of docs/protocol.md.
+    ///
+    /// The session's belief about the proxy, `held`, only ever changes on
+    /// the proxy's own word: the hello, an ACK (it now holds the target of
+    /// the response in flight), a NACK (it still holds `held`) or a resync
+    /// (it holds what it lists). With one response in flight at a time and
+    /// every delta computed from `held`, the belief is what the proxy holds
+    /// whenever the stream is quiet, at any rate of activations.
     async fn session(
         self,
         node: pb::Node,
@@ -196,140 +203,221 @@ impl StreamService {
         out: mpsc::Sender<Result<pb::DeltaResponse, Status>>,
     ) {
         let fleet = &self.fleet;
+        let epoch = Epoch::next();
         let held_count = hello.held.len();
         let mut held = {
             let current = fleet.current();
             if !hello.config_version.is_empty() && hello.config_version == current.hash {
                 Held::Config(current)
             } else {
-                let mut v = hello.held;
-                v.sort_by(|a, b| (a.r#type, &a.name).cmp(&(b.r#type, &b.name)));
-                v.dedup_by(|a, b| a.r#type == b.r#type && a.name == b.name);
-                Held::Versions(v)
+                held_versions(hello.held)
             }
         };
-        fleet.session_started(&node.id, &node.region);
-        fleet.record(NodeUpdate::Connected(node.clone()));
-        tracing::info!(node = %node.id, region = %node.region, zone = %node.zone, held = held_count, "proxy connected");
+        fleet.session_started(&node.id, &node.region, epoch);
+        fleet.record(NodeUpdate::Connected {
+            node: node.clone(),
+            epoch,
+        });
+        tracing::info!(node = %node.id, region = %node.region, zone = %node.zone, held = held_count, epoch = epoch.0, "proxy connected");
         let mut active_rx = fleet.subscribe();
         let mut shutdown = self.shutdown.clone();
-        let mut pending: Option<Pending> = None;
-        // The config hash the proxy refused; nothing is resent until it changes.
+        let mut in_flight: Option<InFlight> = None;
+        // The config hash the proxy refused (from what it holds now); not
+        // offered again until the active configuration changes.
         let mut refused: Option<String> = None;
         let mut keepalive = tokio::time::interval(self.keepalive);
         keepalive.reset();
         let mut push_needed = true;
-        loop {
-            if push_needed && pending.is_none() {
+        let end = loop {
+            if push_needed && in_flight.is_none() {
                 push_needed = false;
                 let active = active_rx.borrow_and_update().clone();
-                if active.number > 0 && refused.as_deref() != Some(active.hash.as_str()) {
-                    let d = match &held {
-                        Held::Config(from) => fleet.delta_between(from, &active),
-                        Held::Versions(_) => Arc::new(delta(held_iter(&held), &active)),
-                    };
-                    if d.is_empty() {
-                        // The proxy already holds exactly this: say nothing,
-                        // but it counts as converged.
-                        held = Held::Config(Arc::clone(&active));
-                        self.acked(&node, &active);
-                    } else {
-                        let nonce = format!(
-                            "{}-{}",
-                            active.number,
-                            NONCES.fetch_add(1, Ordering::Relaxed)
-                        );
-                        let chunks = chunk(&d, &nonce, &active, CHUNK_BYTES);
-                        let bytes: usize = chunks
-                            .iter()
-                            .map(|c| c.resources.iter().map(|r| r.body.len()).sum::<usize>())
-                            .sum();
-                        metrics::counter!("sentinel_cp_pushes_total").increment(1);
-                        metrics::counter!("sentinel_cp_push_bytes_total").increment(bytes as u64);
-                        for c in chunks {
-                            if out.send(Ok(c)).await.is_err() {
-                                return self.ended(&node);
-                            }
-                        }
-                        pending = Some(Pending { nonce, active });
-                    }
+                match self
+                    .push(&node, epoch, &mut held, &active, &refused, &out)
+                    .await
+                {
+                    Ok(sent) => in_flight = sent,
+                    Err(()) => break End::Closed,
                 }
             }
             tokio::select! {
                 msg = inbound.message() => {
                     let msg = match msg {
                         Ok(Some(m)) => m,
-                        Ok(None) => break,
+                        Ok(None) => break End::Closed,
                         Err(e) => {
                             metrics::counter!("sentinel_cp_stream_errors_total").increment(1);
                             tracing::debug!(node = %node.id, error = %e, "stream error");
-                            break;
+                            break End::Closed;
                         }
                     };
+                    let answered = |nonce: &str| in_flight.as_ref().is_some_and(|f| f.nonce == nonce);
                     match msg.kind {
-                        Some(pb::delta_request::Kind::Ack(ack)) => {
-                            if let Some(p) = pending.take_if(|p| p.nonce == ack.nonce) {
-                                refused = None;
-                                self.acked(&node, &p.active);
-                                held = Held::Config(p.active);
-                                push_needed = true;
-                            }
+                        Some(pb::delta_request::Kind::Ack(ack)) if answered(&ack.nonce) => {
+                            let Some(f) = in_flight.take() else { continue };
+                            refused = None;
+                            self.acked(&node, epoch, &f.target);
+                            held = Held::Config(f.target);
+                            push_needed = true;
                         }
-                        Some(pb::delta_request::Kind::Nack(nack)) => {
-                            if let Some(p) = pending.take_if(|p| p.nonce == nack.nonce) {
-                                let resource = nack.resource.map(|r| r.to_string()).unwrap_or_default();
-                                tracing::warn!(node = %node.id, version = p.active.number, %resource, error = %nack.error, "proxy refused the configuration");
-                                metrics::counter!("sentinel_cp_nacks_total").increment(1);
-                                let error: String = nack.error.chars().take(4096).collect();
-                                fleet.record(NodeUpdate::Nack { id: node.id.clone(), version: p.active.number, resource, error });
-                                refused = Some(p.active.hash.clone());
-                                push_needed = true;
+                        Some(pb::delta_request::Kind::Nack(nack)) if answered(&nack.nonce) => {
+                            let Some(f) = in_flight.take() else { continue };
+                            // The proxy kept what it held: `held` stays.
+                            let resource = clean_text(&nack.resource.map(|r| r.to_string()).unwrap_or_default(), 256);
+                            let error = clean_text(&nack.error, 4096);
+                            tracing::warn!(node = %node.id, version = f.target.number, %resource, %error, "proxy refused the configuration");
+                            metrics::counter!("sentinel_cp_nacks_total").increment(1);
+                            fleet.record(NodeUpdate::Nack {
+                                id: node.id.clone(),
+                                epoch,
+                                version: f.target.number,
+                                hash: f.target.hash.clone(),
+                                resource,
+                                error,
+                            });
+                            refused = Some(f.target.hash.clone());
+                            push_needed = true;
+                        }
+                        Some(pb::delta_request::Kind::Resync(resync)) if answered(&resync.nonce) => {
+                            if resync.held.len() > MAX_HELD {
+                                break End::Refused(Status::invalid_argument("resync: too many held resources"));
                             }
+                            in_flight = None;
+                            metrics::counter!("sentinel_cp_resyncs_total").increment(1);
+                            tracing::warn!(node = %node.id, held = resync.held.len(), reason = %clean_text(&resync.reason, 512), "proxy asked for a resync; sending the difference from what it holds");
+                            held = match fleet.current() {
+                                c if !resync.config_version.is_empty() && c.hash == resync.config_version => Held::Config(c),
+                                _ => held_versions(resync.held),
+                            };
+                            refused = None;
+                            push_needed = true;
+                        }
+                        Some(pb::delta_request::Kind::Ack(_) | pb::delta_request::Kind::Nack(_) | pb::delta_request::Kind::Resync(_)) => {
+                            // No response with that nonce is in flight: a
+                            // confused or hostile peer. Its word changes nothing.
+                            metrics::counter!("sentinel_cp_stale_answers_total").increment(1);
+                            tracing::debug!(node = %node.id, "answer to no response in flight; ignored");
                         }
                         Some(pb::delta_request::Kind::Hello(_)) => {
-                            let _ = out.send(Err(Status::invalid_argument("hello may only be sent once"))).await;
-                            break;
+                            break End::Refused(Status::invalid_argument("hello may only be sent once"));
                         }
                         None => {}
                     }
                 }
                 changed = active_rx.changed() => {
                     if changed.is_err() {
-                        break;
+                        break End::Closed;
                     }
+                    // Coalesce a burst; the response in flight (if any)
+                    // stays in flight: the next one is computed from the
+                    // state its answer leaves the proxy in.
                     tokio::time::sleep(DEBOUNCE).await;
-                    // A newer version supersedes the one in flight; an ACK
-                    // for the old nonce is then ignored.
-                    pending = None;
                     push_needed = true;
                 }
                 _ = keepalive.tick() => {
-                    let ka = pb::DeltaResponse { keepalive: true, ..Default::default() };
+                    let ka = pb::DeltaResponse {
+                        keepalive: true,
+                        peers: self.fleet.peers(),
+                        ..Default::default()
+                    };
                     if out.send(Ok(ka)).await.is_err() {
-                        break;
+                        break End::Closed;
                     }
                 }
-                _ = shutdown.changed() => break,
+                _ = shutdown.changed() => break End::Closed,
             }
+        };
+        if let End::Refused(status) = end {
+            let _ = out.send(Err(status)).await;
         }
-        self.ended(&node);
+        self.ended(&node, epoch);
     }
 
-    fn acked(&self, node: &pb::Node, active: &ActiveConfig) {
+    /// Offers `active` to a proxy that holds `held` and has nothing in
+    /// flight: sends the delta and returns it as in flight, or — when the
+    /// proxy already holds it — records it as converged without a message.
+    /// `Err` when the stream is gone.
+    async fn push(
+        &self,
+        node: &pb::Node,
+        epoch: Epoch,
+        held: &mut Held,
+        active: &Arc<ActiveConfig>,
+        refused: &Option<String>,
+        out: &mpsc::Sender<Result<pb::DeltaResponse, Status>>,
+    ) -> Result<Option<InFlight>, ()> {
+        if active.number == 0 || refused.as_deref() == Some(active.hash.as_str()) {
+            return Ok(None);
+        }
+        if let Held::Config(c) = held
+            && c.hash == active.hash
+        {
+            if c.number != active.number {
+                // Same content under another number (a rollback to an
+                // identical version): the proxy runs it already.
+                *held = Held::Config(Arc::clone(active));
+                self.acked(node, epoch, active);
+            }
+            return Ok(None);
+        }
+        let d = match &*held {
+            Held::Config(from) => self.fleet.delta_between(from, active),
+            Held::Versions(_) => Arc::new(delta(held_iter(held), active)),
+        };
+        if d.is_empty() {
+            // The proxy already holds exactly this: say nothing, but it
+            // counts as converged.
+            *held = Held::Config(Arc::clone(active));
+            self.acked(node, epoch, active);
+            return Ok(None);
+        }
+        let nonce = format!(
+            "{}-{}",
+            active.number,
+            NONCES.fetch_add(1, Ordering::Relaxed)
+        );
+        let chunks = chunk(&d, &nonce, active, CHUNK_BYTES);
+        let bytes: usize = chunks
+            .iter()
+            .map(|c| c.resources.iter().map(|r| r.body.len()).sum::<usize>())
+            .sum();
+        metrics::counter!("sentinel_cp_pushes_total").increment(1);
+        metrics::counter!("sentinel_cp_push_bytes_total").increment(bytes as u64);
+        let peers = self.fleet.peers();
+        for mut c in chunks {
+            c.peers = peers;
+            if out.send(Ok(c)).await.is_err() {
+                return Err(());
+            }
+        }
+        Ok(Some(InFlight {
+            nonce,
+            target: Arc::clone(active),
+        }))
+    }
+
+    fn acked(&self, node: &pb::Node, epoch: Epoch, active: &Arc<ActiveConfig>) {
         metrics::counter!("sentinel_cp_acks_total").increment(1);
+        self.fleet.session_holds(&node.id, epoch, active);
         metrics::histogram!("sentinel_cp_convergence_seconds")
             .record(active.activated.elapsed().as_secs_f64());
         self.fleet.record(NodeUpdate::Ack {
             id: node.id.clone(),
+            epoch,
             version: active.number,
             hash: active.hash.clone(),
         });
     }
 
-    fn ended(&self, node: &pb::Node) {
-        self.fleet.session_ended(&node.id);
-        self.fleet.record(NodeUpdate::Disconnected(node.id.clone()));
-        tracing::info!(node = %node.id, "proxy disconnected");
+    fn ended(&self, node: &pb::Node, epoch: Epoch) {
+        // Only the node's current session may say it is gone; the store
+        // applies the same rule across replicas by epoch.
+        let current = self.fleet.session_ended(&node.id, epoch);
+        self.fleet.record(NodeUpdate::Disconnected {
+            id: node.id.clone(),
+            epoch,
+        });
+        tracing::info!(node = %node.id, epoch = epoch.0, current, "proxy disconnected");
     }
 }
 
@@ -344,6 +432,7 @@ impl ConfigStream for StreamService {
         &self,
         request: Request<Streaming<pb::DeltaRequest>>,
     ) -> Result<Response<Self::DeltaStream>, Status> {
+        let peer = self.auth.authenticate(&request).await?;
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(Duration::from_secs(10), inbound.message())
             .await
@@ -357,6 +446,7 @@ impl ConfigStream for StreamService {
             ));
         };
         let node = check_hello(&hello)?;
+        peer.permits(&node.id)?;
         let (tx, rx) = mpsc::channel(16);
         tokio::spawn(self.clone().session(node, hello, inbound, tx));
         Ok(Response::new(Box::pin(
@@ -368,38 +458,42 @@ impl ConfigStream for StreamService {
         &self,
         request: Request<Streaming<pb::HealthReport>>,
     ) -> Result<Response<Self::ReportHealthStream>, Status> {
+        let peer = self.auth.authenticate(&request).await?;
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(4);
         let fleet = Arc::clone(&self.fleet);
         tokio::spawn(async move {
+            let epoch = Epoch::next();
             let mut received = 0u64;
             let mut node_id = String::new();
             while let Ok(Some(report)) = inbound.message().await {
                 received += 1;
-                if report.node_id.is_empty()
-                    || report.node_id.len() > 128
-                    || report.targets.len() > 100_000
-                {
+                let valid = !report.node_id.is_empty()
+                    && report.node_id.len() <= 128
+                    && report.targets.len() <= 100_000
+                    && (node_id.is_empty() || node_id == report.node_id);
+                if !valid {
                     let _ = tx
-                        .send(Err(Status::invalid_argument("bad health report")))
+                        .send(Err(Status::invalid_argument(
+                            "bad health report (one node per stream, id 1-128 bytes, at most 100000 targets)",
+                        )))
                         .await;
                     break;
                 }
-                let region = fleet
-                    .sessions
-                    .lock()
-                    .ok()
-                    .and_then(|s| s.get(&report.node_id).cloned())
-                    .unwrap_or_default();
+                // Only on behalf of the authenticated node.
+                if let Err(denied) = peer.permits(&report.node_id) {
+                    let _ = tx.send(Err(denied)).await;
+                    break;
+                }
                 node_id = report.node_id.clone();
                 metrics::counter!("sentinel_cp_health_reports_total").increment(1);
-                fleet.report_health(&report.node_id, &region, report.targets);
+                fleet.report_health(&report.node_id, epoch, report.targets);
                 if tx.send(Ok(pb::HealthReportAck { received })).await.is_err() {
                     break;
                 }
             }
             if !node_id.is_empty() {
-                fleet.forget_health(&node_id);
+                fleet.forget_health(&node_id, epoch);
             }
         });
         Ok(Response::new(Box::pin(

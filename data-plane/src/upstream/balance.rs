@@ -5,8 +5,10 @@
 //! consistent-hash ring. A pick then costs one atomic increment and a short
 //! probe for an eligible target (eligibility = weight > 0, healthy, not
 //! ejected, breaker available, under its connection limit).
+//!
+//! Hashing (`ip_hash`, `consistent_hash`) uses xxHash64 ([`hash_bytes`]): a
+//! published function, so every proxy in the fleet maps a key identically.
 
-use std::hash::{DefaultHasher, Hash, Hasher};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -35,10 +37,13 @@ pub struct Balancer {
     ring: Vec<(u64, usize)>,
 }
 
+/// The hash behind `ip_hash` and the consistent-hash ring: xxHash64 with
+/// seed 0. It is specified (unlike `std`'s `DefaultHasher`, whose output may
+/// change between Rust releases), so proxies built by different toolchains
+/// send the same key to the same target. Changing it remaps every key: the
+/// golden test below pins it.
 pub fn hash_bytes(bytes: &[u8]) -> u64 {
-    let mut h = DefaultHasher::new();
-    bytes.hash(&mut h);
-    h.finish()
+    xxhash_rust::xxh64::xxh64(bytes, 0)
 }
 
 fn gcd(a: u32, b: u32) -> u32 {
@@ -204,6 +209,27 @@ mod tests {
             virtual_nodes: 160,
         }
     }
+
+    /// The hash is part of the fleet's contract: every proxy, whatever
+    /// toolchain built it, must send a key to the same target. This pins the
+    /// function (xxHash64, seed 0: the published test vectors) and the ring
+    /// built on it; if either changes, this test must fail.
+    #[test]
+    fn consistent_hash_mapping_is_golden() {
+        assert_eq!(hash_bytes(b""), 0xef46_db37_51d8_e999);
+        assert_eq!(hash_bytes(b"a"), 0xd24e_c4f1_a98c_6e5b);
+        let b = Balancer::new(&lb(Alg::ConsistentHash), &addrs(4), &[1; 4]);
+        let picks: Vec<usize> = ["/", "/users/1", "/users/2", "/api", "session-42", "x"]
+            .iter()
+            .map(|k| b.pick(&ctx(Some(k.as_bytes())), &|_| true, &|_| 0).unwrap())
+            .collect();
+        assert_eq!(picks, GOLDEN_PICKS);
+        let ip = Balancer::new(&lb(Alg::IpHash), &addrs(4), &[1; 4]);
+        assert_eq!(ip.pick(&ctx(None), &|_| true, &|_| 0), Some(GOLDEN_IP_PICK));
+    }
+
+    const GOLDEN_PICKS: [usize; 6] = [1, 3, 2, 0, 2, 1];
+    const GOLDEN_IP_PICK: usize = 3;
 
     fn addrs(n: usize) -> Vec<String> {
         (0..n).map(|i| format!("10.0.0.{i}:80")).collect()

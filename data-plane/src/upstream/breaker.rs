@@ -6,6 +6,13 @@
 //! it, any failure opens it again. State is atomics only (no lock on the
 //! request path); the thresholds come from the upstream's config so that a
 //! swap that only changes thresholds keeps the state.
+//!
+//! A half-open probe is owned by whoever claimed it: [`Breaker::acquire`]
+//! says whether the claim is the probe, and the claim's owner (the proxy's
+//! in-flight guard) either records an outcome or, if the attempt ends
+//! without one — a client-side error, a client that went away and dropped
+//! the request — hands the probe back with [`Breaker::cancel_probe`], so
+//! the breaker can never stay half-open with a probe nobody holds.
 
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 
@@ -25,6 +32,23 @@ pub struct Breaker {
     opened_at_ms: AtomicU64,
     probing: AtomicBool,
     trips: AtomicU64,
+}
+
+/// The answer of [`Breaker::acquire`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// The breaker refuses traffic now.
+    Denied,
+    /// An ordinary request (closed, or the breaker is disabled).
+    Pass,
+    /// The one half-open probe: its owner must record an outcome or cancel it.
+    Probe,
+}
+
+impl Claim {
+    pub fn granted(self) -> bool {
+        self != Claim::Denied
+    }
 }
 
 /// What happened to the breaker's state because of an outcome.
@@ -65,15 +89,15 @@ impl Breaker {
     }
 
     /// Claims the right to send a request; in half-open this is the probe.
-    pub fn acquire(&self, cfg: &pb::CircuitBreaker) -> bool {
+    pub fn acquire(&self, cfg: &pb::CircuitBreaker) -> Claim {
         if !cfg.enabled {
-            return true;
+            return Claim::Pass;
         }
         match self.state() {
-            CLOSED => true,
+            CLOSED => Claim::Pass,
             OPEN => {
                 if now_ms() < self.opened_at_ms.load(Ordering::Acquire) + cfg.open_ms {
-                    return false;
+                    return Claim::Denied;
                 }
                 if self
                     .state
@@ -83,14 +107,29 @@ impl Breaker {
                     self.successes.store(0, Ordering::Release);
                     self.probing.store(false, Ordering::Release);
                 }
-                self.probing
-                    .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
-                    .is_ok()
+                self.claim_probe()
             }
-            _ => self
-                .probing
-                .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok(),
+            _ => self.claim_probe(),
+        }
+    }
+
+    fn claim_probe(&self) -> Claim {
+        if self
+            .probing
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            Claim::Probe
+        } else {
+            Claim::Denied
+        }
+    }
+
+    /// Hands back a probe whose attempt ended without an outcome (the
+    /// request was refused on the client side or dropped).
+    pub fn cancel_probe(&self) {
+        if self.state() == HALF_OPEN {
+            self.probing.store(false, Ordering::Release);
         }
     }
 
@@ -167,22 +206,26 @@ mod tests {
     async fn closed_open_half_open_closed() {
         let cfg = cfg();
         let b = Breaker::default();
-        assert!(b.acquire(&cfg));
+        assert!(b.acquire(&cfg).granted());
         assert_eq!(b.on_failure(&cfg), Transition::None);
         assert_eq!(b.on_failure(&cfg), Transition::None);
         assert_eq!(b.on_failure(&cfg), Transition::Opened);
         assert_eq!(b.state(), OPEN);
         assert!(!b.is_available(&cfg));
-        assert!(!b.acquire(&cfg));
+        assert!(!b.acquire(&cfg).granted());
 
         tokio::time::advance(Duration::from_millis(999)).await;
-        assert!(!b.acquire(&cfg), "still open before the timeout");
+        assert!(!b.acquire(&cfg).granted(), "still open before the timeout");
         tokio::time::advance(Duration::from_millis(1)).await;
-        assert!(b.acquire(&cfg), "first probe after the timeout");
+        assert_eq!(
+            b.acquire(&cfg),
+            Claim::Probe,
+            "first probe after the timeout"
+        );
         assert_eq!(b.state(), HALF_OPEN);
-        assert!(!b.acquire(&cfg), "only one probe at a time");
+        assert!(!b.acquire(&cfg).granted(), "only one probe at a time");
         assert_eq!(b.on_success(&cfg), Transition::None);
-        assert!(b.acquire(&cfg));
+        assert!(b.acquire(&cfg).granted());
         assert_eq!(b.on_success(&cfg), Transition::Closed);
         assert_eq!(b.state(), CLOSED);
         assert_eq!(b.trips(), 1);
@@ -196,11 +239,30 @@ mod tests {
             b.on_failure(&cfg);
         }
         tokio::time::advance(Duration::from_millis(1000)).await;
-        assert!(b.acquire(&cfg));
+        assert!(b.acquire(&cfg).granted());
         assert_eq!(b.on_failure(&cfg), Transition::Opened);
         assert_eq!(b.state(), OPEN);
-        assert!(!b.acquire(&cfg));
+        assert!(!b.acquire(&cfg).granted());
         assert_eq!(b.trips(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cancelled_probe_lets_the_next_request_probe() {
+        let cfg = cfg();
+        let b = Breaker::default();
+        for _ in 0..3 {
+            b.on_failure(&cfg);
+        }
+        tokio::time::advance(Duration::from_millis(1000)).await;
+        assert_eq!(b.acquire(&cfg), Claim::Probe);
+        assert_eq!(b.acquire(&cfg), Claim::Denied);
+        // The probe's request ended without an outcome (413, client gone).
+        b.cancel_probe();
+        assert!(b.is_available(&cfg));
+        assert_eq!(b.acquire(&cfg), Claim::Probe, "a new probe may go");
+        assert_eq!(b.on_success(&cfg), Transition::None);
+        assert_eq!(b.acquire(&cfg), Claim::Probe);
+        assert_eq!(b.on_success(&cfg), Transition::Closed);
     }
 
     #[test]
@@ -225,6 +287,6 @@ mod tests {
         for _ in 0..10 {
             b.on_failure(&cfg);
         }
-        assert!(b.acquire(&cfg));
+        assert!(b.acquire(&cfg).granted());
     }
 }

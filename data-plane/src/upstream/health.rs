@@ -163,7 +163,7 @@ impl TargetHealth {
 
 /// One probe of one target, bounded by the check's timeout.
 pub async fn probe(
-    client: &Client<HttpConnector, Empty<Bytes>>,
+    client: &Client<super::tls::Connector, Empty<Bytes>>,
     cfg: &pb::HealthCheck,
     address: &str,
 ) -> Result<(), String> {
@@ -192,19 +192,32 @@ pub async fn probe(
             resp.status().as_u16(),
             cfg.expected_status
         )),
-        Ok(Err(e)) => Err(format!("request: {e}")),
+        Ok(Err(e)) => {
+            let mut reason = format!("request: {e}");
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                reason.push_str(&format!(": {s}"));
+                source = s.source();
+            }
+            Err(reason)
+        }
         Err(_) => Err(format!("timed out after {} ms", cfg.timeout_ms)),
     }
 }
 
-/// A client for health checks: no pooling, so every check opens a connection.
-pub fn check_client(connect_timeout_ms: u64) -> Client<HttpConnector, Empty<Bytes>> {
+/// A client for health checks: no pooling, so every check opens a connection
+/// (over TLS when the upstream has `tls`, so the handshake is checked too).
+pub fn check_client(
+    connect_timeout_ms: u64,
+    tls: Option<std::sync::Arc<super::tls::TlsClient>>,
+) -> Client<super::tls::Connector, Empty<Bytes>> {
+    let timeout = Duration::from_millis(connect_timeout_ms.max(1));
     let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(Duration::from_millis(connect_timeout_ms.max(1))));
+    connector.set_connect_timeout(Some(timeout));
     connector.set_nodelay(true);
     Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(0)
-        .build(connector)
+        .build(super::tls::Connector::new(connector, tls, timeout))
 }
 
 #[cfg(test)]

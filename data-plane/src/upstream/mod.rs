@@ -6,14 +6,25 @@
 //! address with the upstream this one replaces, so a swap never resets it.
 //! An upstream whose resources did not change is reused whole by the
 //! runtime builder, keeping its pool and its health-check task.
+//!
+//! [`Upstream::select`] hands out an [`InFlight`]: the attempt's claim on a
+//! target (its in-flight count, and the breaker's half-open probe when the
+//! attempt is the probe). The proxy keeps it until the response body ends
+//! or is dropped, so least-connections, P2C and `max-connections` see
+//! streamed responses; dropping it without an outcome hands the probe back.
+//!
+//! Zones: when the proxy runs with `--zone` and an upstream has targets in
+//! that zone, selection prefers them and falls over to the other zones only
+//! when no target in the proxy's zone is available.
 
 pub mod balance;
 pub mod breaker;
 pub mod health;
+pub mod tls;
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use hyper_util::client::legacy::Client;
@@ -26,7 +37,7 @@ use crate::body::Body;
 use crate::clock::now_ms;
 use crate::error::ProxyError;
 use balance::{Balancer, PickContext};
-use breaker::{Breaker, Transition};
+use breaker::{Breaker, Claim, Transition};
 use health::TargetHealth;
 
 /// Dynamic state of one target; survives swaps (keyed by upstream + address).
@@ -46,9 +57,62 @@ pub struct Target {
     pub authority: Option<http::uri::Authority>,
     pub weight: u32,
     pub zone: String,
+    /// The control plane pushed this target as unhealthy (fleet health
+    /// quorum, or the discovery source's own health): skipped like a
+    /// target this proxy's checks mark down. Fixed for the runtime's life.
+    pub marked_unhealthy: bool,
     pub state: Arc<TargetState>,
     /// Label values for metrics, built once.
     labels: [(&'static str, String); 2],
+}
+
+/// The zone this proxy runs in (`--zone`), set once at start-up.
+static LOCAL_ZONE: OnceLock<String> = OnceLock::new();
+
+/// Records the proxy's own zone; targets in it are preferred. Later calls
+/// are ignored.
+pub fn set_local_zone(zone: &str) {
+    let _ = LOCAL_ZONE.set(zone.to_string());
+}
+
+fn local_zone() -> &'static str {
+    LOCAL_ZONE.get().map_or("", String::as_str)
+}
+
+/// One attempt's claim on a target: counts it in flight until dropped and,
+/// when the attempt is the breaker's half-open probe, hands the probe back
+/// if no outcome was recorded.
+#[derive(Debug)]
+pub struct InFlight {
+    pub index: usize,
+    state: Arc<TargetState>,
+    probe: bool,
+}
+
+impl InFlight {
+    fn new(index: usize, state: &Arc<TargetState>, probe: bool) -> Self {
+        state.active.fetch_add(1, Ordering::Relaxed);
+        state.requests.fetch_add(1, Ordering::Relaxed);
+        Self {
+            index,
+            state: Arc::clone(state),
+            probe,
+        }
+    }
+
+    /// Whether this attempt carries the breaker's half-open probe.
+    pub fn is_probe(&self) -> bool {
+        self.probe
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.state.active.fetch_sub(1, Ordering::Relaxed);
+        if self.probe {
+            self.state.breaker.cancel_probe();
+        }
+    }
 }
 
 /// Retries may add at most `budget_percent` of requests per second, but
@@ -60,7 +124,7 @@ struct RetryBudget {
     retries: AtomicU64,
 }
 
-pub type UpstreamClient = Client<HttpConnector, Body>;
+pub type UpstreamClient = Client<tls::Connector, Body>;
 
 pub struct Upstream {
     pub name: String,
@@ -72,6 +136,8 @@ pub struct Upstream {
     pub targets: Vec<Target>,
     balancer: Balancer,
     pub client: UpstreamClient,
+    /// TLS to the targets (`tls` block), shared with the client's connector.
+    pub tls: Option<Arc<tls::TlsClient>>,
     budget: RetryBudget,
     breaker_cfg: pb::CircuitBreaker,
     passive_cfg: pb::PassiveHealth,
@@ -79,6 +145,8 @@ pub struct Upstream {
     pub max_connections: usize,
     pub retry: pb::Retry,
     pub timeouts: pb::Timeouts,
+    /// Some targets are in the proxy's zone and some are not.
+    zone_aware: bool,
     retries_counter: metrics::Counter,
     check_now: Arc<Notify>,
     checked: Arc<Notify>,
@@ -109,7 +177,7 @@ pub enum Outcome {
     Failure,
 }
 
-pub fn client(resource: &pb::Upstream) -> UpstreamClient {
+pub fn client(resource: &pb::Upstream, tls: Option<Arc<tls::TlsClient>>) -> UpstreamClient {
     let pool = resource.connection_pool.unwrap_or_default();
     let timeouts = resource.timeouts.unwrap_or_default();
     let mut connector = HttpConnector::new();
@@ -121,18 +189,24 @@ pub fn client(resource: &pb::Upstream) -> UpstreamClient {
         .pool_max_idle_per_host(pool.max_idle as usize)
         .pool_timer(hyper_util::rt::TokioTimer::new())
         .timer(hyper_util::rt::TokioTimer::new())
-        .build(connector)
+        .build(tls::Connector::new(
+            connector,
+            tls,
+            Duration::from_millis(timeouts.connect_ms.max(1)),
+        ))
 }
 
 impl Upstream {
     /// Builds an upstream. `previous` supplies target state to carry over and
-    /// a pool to reuse when pool and timeouts did not change.
+    /// a pool to reuse when pool, timeouts and TLS did not change. `tls` is
+    /// built by the caller from `resource.tls` (it reads files and may fail).
     pub fn build(
         resource: &pb::Upstream,
         endpoints: &pb::Endpoints,
         resolved: Vec<String>,
         key: String,
         previous: Option<&Upstream>,
+        tls: Option<Arc<tls::TlsClient>>,
     ) -> Arc<Upstream> {
         let old: HashMap<&str, &Arc<TargetState>> = previous
             .map(|p| {
@@ -159,6 +233,7 @@ impl Upstream {
                 address,
                 weight: t.weight,
                 zone: t.zone.clone(),
+                marked_unhealthy: t.health == pb::TargetHealth::Unhealthy as i32,
             })
             .collect();
         let addresses: Vec<String> = targets.iter().map(|t| t.address.clone()).collect();
@@ -167,13 +242,19 @@ impl Upstream {
         let same_pool = previous.is_some_and(|p| {
             p.resource.connection_pool == resource.connection_pool
                 && p.resource.timeouts == resource.timeouts
+                && p.tls.as_ref().map(|t| t.fingerprint()) == tls.as_ref().map(|t| t.fingerprint())
         });
-        let client = match previous {
-            Some(p) if same_pool => p.client.clone(),
-            _ => client(resource),
+        let (client, tls) = match previous {
+            Some(p) if same_pool => (p.client.clone(), p.tls.clone()),
+            _ => (client(resource, tls.clone()), tls),
         };
         let health_cfg = resource.health_check.clone().unwrap_or_default();
+        let zone = local_zone();
+        let zone_aware = !zone.is_empty()
+            && targets.iter().any(|t| t.zone == zone)
+            && targets.iter().any(|t| t.zone != zone);
         let upstream = Upstream {
+            zone_aware,
             name: resource.name.clone(),
             resource: resource.clone(),
             endpoints: endpoints.clone(),
@@ -181,6 +262,7 @@ impl Upstream {
             balancer: Balancer::new(&lb, &addresses, &weights),
             targets,
             client,
+            tls,
             budget: RetryBudget::default(),
             breaker_cfg: resource.circuit_breaker.unwrap_or_default(),
             passive_cfg: resource.passive_health.unwrap_or_default(),
@@ -220,33 +302,57 @@ impl Upstream {
         {
             return false;
         }
-        any || (t.state.health.is_available() && t.state.breaker.is_available(&self.breaker_cfg))
+        any || (!t.marked_unhealthy
+            && t.state.health.is_available()
+            && t.state.breaker.is_available(&self.breaker_cfg))
     }
 
-    /// Picks a target and claims it (in-flight count, breaker probe).
-    pub fn select(&self, ctx: &PickContext<'_>, exclude: &[usize]) -> Result<usize, ProxyError> {
-        let active = |i: usize| self.targets[i].state.active.load(Ordering::Relaxed);
-        for _ in 0..self.targets.len().max(1) {
-            let Some(i) = self
-                .balancer
-                .pick(ctx, &|i| self.eligible(i, exclude, false), &active)
-            else {
-                break;
-            };
-            if self.targets[i].state.breaker.acquire(&self.breaker_cfg) {
-                return Ok(i);
+    /// Picks a target and claims it (in-flight count, breaker probe):
+    /// targets in the proxy's zone first, then any zone.
+    pub fn select(&self, ctx: &PickContext<'_>, exclude: &[usize]) -> Result<InFlight, ProxyError> {
+        if self.zone_aware {
+            let zone = local_zone();
+            if let Some(claim) = self.claim(ctx, &|i| {
+                self.targets[i].zone == zone && self.eligible(i, exclude, false)
+            }) {
+                return Ok(claim);
             }
+        }
+        if let Some(claim) = self.claim(ctx, &|i| self.eligible(i, exclude, false)) {
+            return Ok(claim);
         }
         // Nothing healthy. Retries still avoid targets already tried.
         if self.resource.all_unhealthy == pb::AllUnhealthy::FailOpen as i32 {
+            let active = |i: usize| self.targets[i].state.active.load(Ordering::Relaxed);
             let i = self
                 .balancer
                 .pick(ctx, &|i| self.eligible(i, exclude, true), &active);
             if let Some(i) = i {
-                return Ok(i);
+                return Ok(InFlight::new(i, &self.targets[i].state, false));
             }
         }
         Err(ProxyError::NoTarget(self.name.clone()))
+    }
+
+    fn claim(&self, ctx: &PickContext<'_>, eligible: &dyn Fn(usize) -> bool) -> Option<InFlight> {
+        let active = |i: usize| self.targets[i].state.active.load(Ordering::Relaxed);
+        for _ in 0..self.targets.len().max(1) {
+            let i = self.balancer.pick(ctx, eligible, &active)?;
+            let state = &self.targets[i].state;
+            match state.breaker.acquire(&self.breaker_cfg) {
+                Claim::Denied => continue,
+                Claim::Pass => return Some(InFlight::new(i, state, false)),
+                Claim::Probe => return Some(InFlight::new(i, state, true)),
+            }
+        }
+        None
+    }
+
+    /// Records the outcome of the attempt `claim` made; its probe, if it
+    /// carried one, is settled by the outcome.
+    pub fn record_attempt(&self, claim: &mut InFlight, outcome: Outcome) {
+        claim.probe = false;
+        self.record(claim.index, outcome);
     }
 
     /// Records an attempt's outcome for passive health and the breaker.
@@ -354,7 +460,8 @@ async fn check_loop(
     check_now: Arc<Notify>,
     checked: Arc<Notify>,
 ) {
-    let client = health::check_client(cfg.timeout_ms);
+    let tls = upstream.upgrade().and_then(|u| u.tls.clone());
+    let client = health::check_client(cfg.timeout_ms, tls);
     let interval = Duration::from_millis(cfg.interval_ms.max(100));
     loop {
         let Some(u) = upstream.upgrade() else { return };
@@ -406,6 +513,7 @@ mod tests {
             resolved,
             String::new(),
             None,
+            None,
         )
     }
 
@@ -442,6 +550,7 @@ mod tests {
             resolved,
             String::new(),
             Some(&old),
+            None,
         );
         assert_eq!(new.targets[0].state.requests.load(Ordering::Relaxed), 7);
         assert_eq!(new.targets[1].state.requests.load(Ordering::Relaxed), 0);
@@ -456,9 +565,39 @@ mod tests {
         };
         u.record(0, Outcome::Failure);
         for _ in 0..5 {
-            assert_eq!(u.select(&ctx, &[]).unwrap(), 1);
+            assert_eq!(u.select(&ctx, &[]).unwrap().index, 1);
         }
         u.record(1, Outcome::Failure);
         assert!(matches!(u.select(&ctx, &[]), Err(ProxyError::NoTarget(_))));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn select_skips_targets_the_control_plane_marks_unhealthy() {
+        let doc = "upstreams { upstream \"u\" { target \"127.0.0.1:1\"; target \"127.0.0.1:2\"; all-unhealthy \"fail-closed\"; }; }";
+        let s = sentinel_config::compile("t.kdl", doc).unwrap();
+        let mut endpoints = s.endpoints[0].clone();
+        endpoints.targets[0].health = pb::TargetHealth::Unhealthy as i32;
+        let resolved = endpoints
+            .targets
+            .iter()
+            .map(|t| t.address.clone())
+            .collect();
+        let u = Upstream::build(
+            &s.upstreams[0],
+            &endpoints,
+            resolved,
+            String::new(),
+            None,
+            None,
+        );
+        let ctx = PickContext {
+            client_ip: "127.0.0.1".parse().unwrap(),
+            hash_key: None,
+        };
+        for _ in 0..10 {
+            assert_eq!(u.select(&ctx, &[]).unwrap().index, 1);
+        }
+        // With nothing else left, the all-unhealthy mode decides.
+        assert!(matches!(u.select(&ctx, &[1]), Err(ProxyError::NoTarget(_))));
     }
 }

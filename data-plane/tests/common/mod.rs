@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use http_body_util::BodyExt as _;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Request, Response};
@@ -327,4 +328,135 @@ pub fn client() -> reqwest::Client {
         .pool_max_idle_per_host(16)
         .build()
         .unwrap()
+}
+
+/// Body type of [`streaming_backend`]'s answers.
+type TestBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+/// A backend that answers `/len` with the byte count of the request body,
+/// `/stream` with 40 chunks 100 ms apart, `/stall` with one chunk and
+/// another 5 s later, anything else with its name.
+pub async fn streaming_backend(name: &'static str) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: Request<Incoming>| async move {
+                    let path = req.uri().path().to_string();
+                    let body: TestBody = match path.as_str() {
+                        "/len" => {
+                            let n = req
+                                .into_body()
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes().len())
+                                .unwrap_or(usize::MAX);
+                            http_body_util::Full::new(Bytes::from(format!("len={n}"))).boxed()
+                        }
+                        "/stall" => {
+                            let (tx, rx) = tokio::sync::mpsc::channel::<
+                                Result<hyper::body::Frame<Bytes>, Infallible>,
+                            >(1);
+                            tokio::spawn(async move {
+                                let chunk =
+                                    || Ok(hyper::body::Frame::data(Bytes::from_static(b"chunk\n")));
+                                let _ = tx.send(chunk()).await;
+                                tokio::time::sleep(Duration::from_secs(5)).await;
+                                let _ = tx.send(chunk()).await;
+                            });
+                            http_body_util::StreamBody::new(
+                                tokio_stream::wrappers::ReceiverStream::new(rx),
+                            )
+                            .boxed()
+                        }
+                        "/stream" => {
+                            let (tx, rx) = tokio::sync::mpsc::channel::<
+                                Result<hyper::body::Frame<Bytes>, Infallible>,
+                            >(1);
+                            tokio::spawn(async move {
+                                for _ in 0..40 {
+                                    tokio::time::sleep(Duration::from_millis(100)).await;
+                                    if tx
+                                        .send(Ok(hyper::body::Frame::data(Bytes::from_static(
+                                            b"chunk\n",
+                                        ))))
+                                        .await
+                                        .is_err()
+                                    {
+                                        return;
+                                    }
+                                }
+                            });
+                            http_body_util::StreamBody::new(
+                                tokio_stream::wrappers::ReceiverStream::new(rx),
+                            )
+                            .boxed()
+                        }
+                        _ => http_body_util::Full::new(Bytes::from(name)).boxed(),
+                    };
+                    Ok::<_, Infallible>(
+                        Response::builder()
+                            .header("x-backend", name)
+                            .body(body)
+                            .unwrap(),
+                    )
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+// === test PKI ===
+
+/// A CA that issues leaf certificates.
+pub struct Ca {
+    pub pem: String,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+/// A certificate and its key, in PEM.
+pub struct Leaf {
+    pub cert: String,
+    pub key: String,
+}
+
+impl Ca {
+    pub fn new(name: &str) -> Ca {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let cert = params.self_signed(&key).unwrap();
+        Ca {
+            pem: cert.pem(),
+            issuer: rcgen::Issuer::new(params, key),
+        }
+    }
+
+    /// A leaf for these subject alternative names (IPs become IP SANs).
+    pub fn issue(&self, names: &[&str]) -> Leaf {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let cert = rcgen::CertificateParams::new(names)
+            .unwrap()
+            .signed_by(&key, &self.issuer)
+            .unwrap();
+        Leaf {
+            cert: cert.pem(),
+            key: key.serialize_pem(),
+        }
+    }
+}
+
+pub fn write(dir: &std::path::Path, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
 }

@@ -7,7 +7,24 @@
 //! request to its ACK. Prints p50/p99/max, the control plane's peak RSS, and
 //! the bytes each proxy received for the one-endpoint change.
 //!
+//! With `--churn`, measures endpoint churn instead: a Consul double (in this
+//! process) serves services `s0..sU`; the config has U upstreams `u0..uU`,
+//! each discovering `s<i>` from it, and R routes spread over them. Once every
+//! simulated proxy holds the first discovered set of every upstream, a driver
+//! re-registers one instance per change (round-robin over the services) at
+//! `--rate` changes per second for `--secs` seconds; the new port encodes the
+//! change's sequence number within its upstream. Each simulated proxy decodes
+//! the `Endpoints` resources it receives and logs when it first held each
+//! sequence number; a change counts as reached by a proxy when the proxy
+//! holds it or a later one of the same upstream (the control plane coalesces,
+//! so intermediate sets may be skipped). Prints p50/p99/max of the time from
+//! a source change until every proxy held it, bytes per proxy per change, the
+//! control plane's CPU over the churn (share of one core: mean and the
+//! busiest second) and its peak RSS.
+//!
 //! Usage: sentinel-fanout [--nodes N] [--routes R] [--cp PATH]
+//!        sentinel-fanout --churn [--nodes N] [--upstreams U] [--rate C] [--secs S]
+//!                        [--routes R] [--cp PATH]
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,25 +38,47 @@ struct Args {
     nodes: usize,
     routes: usize,
     cp: std::path::PathBuf,
+    churn: bool,
+    upstreams: usize,
+    rate: usize,
+    secs: u64,
 }
+
+const USAGE: &str = "usage: sentinel-fanout [--nodes N] [--routes R] [--cp PATH]\n       \
+                     sentinel-fanout --churn [--nodes N] [--upstreams U] [--rate C] [--secs S] [--routes R] [--cp PATH]";
 
 fn args() -> Args {
     let mut a = Args {
         nodes: 1000,
         routes: 10,
         cp: sentinel_tests::workspace_bin_in("release", "sentinel-cp"),
+        churn: false,
+        upstreams: 100,
+        rate: 1000,
+        secs: 60,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
+        if flag == "--churn" {
+            a.churn = true;
+            continue;
+        }
         let value = it.next().unwrap_or_default();
-        match flag.as_str() {
-            "--nodes" => a.nodes = value.parse().unwrap_or(a.nodes),
-            "--routes" => a.routes = value.parse().unwrap_or(a.routes),
-            "--cp" => a.cp = value.into(),
-            _ => {
-                eprintln!("usage: sentinel-fanout [--nodes N] [--routes R] [--cp PATH]");
-                std::process::exit(2);
+        let ok = match flag.as_str() {
+            "--nodes" => value.parse().map(|v| a.nodes = v).is_ok(),
+            "--routes" => value.parse().map(|v| a.routes = v).is_ok(),
+            "--upstreams" => value.parse().map(|v| a.upstreams = v).is_ok(),
+            "--rate" => value.parse().map(|v| a.rate = v).is_ok(),
+            "--secs" => value.parse().map(|v| a.secs = v).is_ok(),
+            "--cp" => {
+                a.cp = value.into();
+                true
             }
+            _ => false,
+        };
+        if !ok {
+            eprintln!("{USAGE}");
+            std::process::exit(2);
         }
     }
     a
@@ -105,7 +144,9 @@ async fn proxy(
         .await;
     let mut stream = ConfigStreamClient::new(channel)
         .max_decoding_message_size(64 * 1024 * 1024)
-        .delta(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .delta(sentinel_tests::join_request(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        ))
         .await?
         .into_inner();
     let mut bytes = 0;
@@ -152,6 +193,10 @@ static DONE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(
 async fn main() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let a = args();
+    if a.churn {
+        churn::run(&a).await;
+        return;
+    }
     let cp = sentinel_tests::ControlPlane::start(&a.cp, "", &["--keepalive-secs", "60"]).await;
     let pid = cp.pid().unwrap_or(0);
     let http = reqwest::Client::new();
@@ -232,4 +277,430 @@ async fn main() {
         bytes / a.nodes,
         peak_rss_mib(pid),
     );
+}
+
+/// `--churn`: endpoint churn from a Consul double (see the module docs).
+mod churn {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::time::{Duration, Instant};
+
+    use prost::Message;
+    use sentinel_proto as pb;
+    use sentinel_proto::config_stream_client::ConfigStreamClient;
+    use sentinel_tests::consul::{ConsulDouble, Instance};
+    use tokio::sync::{mpsc, watch};
+
+    use super::{Args, apply, peak_rss_mib, percentile};
+
+    /// Port of sequence number 0; sequence `n` of an upstream is `BASE + n`.
+    const BASE_PORT: u32 = 1024;
+    /// Upper bounds: the port range, and what the tool will wait for.
+    const MAX_SEQ: u64 = 65535 - BASE_PORT as u64;
+    const READY_TIMEOUT: Duration = Duration::from_secs(300);
+    const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+    const MAX_SECS: u64 = 600;
+
+    /// State shared by the simulated proxies and the driver.
+    struct Shared {
+        base: Instant,
+        upstreams: usize,
+        /// Set while bytes are counted (from the first change on).
+        churning: AtomicBool,
+        /// Last sequence number of every upstream, once the churn is over.
+        last: std::sync::OnceLock<Vec<u32>>,
+        /// Proxies holding the last sequence number of every upstream.
+        caught_up: AtomicUsize,
+    }
+
+    #[derive(Default)]
+    struct ProxyLog {
+        /// Per upstream: (sequence number, µs since `base`) of every set this
+        /// proxy held for the first time, in increasing sequence order.
+        held: Vec<Vec<(u32, u64)>>,
+        /// Bytes and complete non-keepalive responses received while churning.
+        bytes: usize,
+        responses: usize,
+    }
+
+    fn config(upstreams: usize, routes: usize, consul: &str) -> String {
+        let mut doc = String::from(
+            "listeners { listener \"l\" { address \"127.0.0.1:8080\"; }; }\nupstreams {\n",
+        );
+        for i in 0..upstreams {
+            doc.push_str(&format!(
+                "    upstream \"u{i}\" {{ discovery \"consul\" {{ address \"{consul}\"; service \"s{i}\"; empty-grace-secs 0; }}; }}\n"
+            ));
+        }
+        doc.push_str("}\nroutes {\n");
+        for j in 0..routes.max(1) {
+            doc.push_str(&format!(
+                "    route \"route-{j}\" {{ matches {{ path-prefix \"/service-{j}/\"; host \"t{j}.example.com\"; }}; upstream \"u{}\"; }}\n",
+                j % upstreams
+            ));
+        }
+        doc.push_str("}\n");
+        doc
+    }
+
+    /// The highest sequence number among an `Endpoints`' targets.
+    fn sequence(e: &pb::Endpoints) -> Option<u32> {
+        e.targets
+            .iter()
+            .filter_map(|t| t.address.rsplit(':').next()?.parse::<u32>().ok())
+            .filter_map(|port| port.checked_sub(BASE_PORT))
+            .max()
+    }
+
+    async fn proxy(
+        channel: tonic::transport::Channel,
+        id: usize,
+        shared: Arc<Shared>,
+        ready: mpsc::UnboundedSender<usize>,
+        mut stop: watch::Receiver<bool>,
+    ) -> Result<ProxyLog, tonic::Status> {
+        let mut log = ProxyLog {
+            held: vec![Vec::new(); shared.upstreams],
+            ..Default::default()
+        };
+        let mut current: Vec<Option<u32>> = vec![None; shared.upstreams];
+        let mut missing = shared.upstreams;
+        let mut caught_up = false;
+        let (tx, rx) = mpsc::channel(4);
+        let hello = pb::Hello {
+            node: Some(pb::Node {
+                id: format!("sim-{id}"),
+                region: format!("r{}", id % 3),
+                zone: "a".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let _ = tx
+            .send(pb::DeltaRequest {
+                kind: Some(pb::delta_request::Kind::Hello(hello)),
+            })
+            .await;
+        let mut stream = ConfigStreamClient::new(channel)
+            .max_decoding_message_size(64 * 1024 * 1024)
+            .delta(sentinel_tests::join_request(
+                tokio_stream::wrappers::ReceiverStream::new(rx),
+            ))
+            .await?
+            .into_inner();
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        let mut pending: Vec<(usize, u32)> = Vec::new();
+        let mut bytes = 0;
+        loop {
+            let msg = tokio::select! {
+                m = stream.message() => m?,
+                _ = stop.changed() => break,
+                _ = tick.tick() => {
+                    check_caught_up(&shared, &current, &mut caught_up);
+                    continue;
+                }
+            };
+            let Some(msg) = msg else {
+                break;
+            };
+            if msg.keepalive {
+                continue;
+            }
+            bytes += msg.encoded_len();
+            for r in &msg.resources {
+                if r.r#type != pb::ResourceType::Endpoints as i32 {
+                    continue;
+                }
+                let Ok(e) = pb::Endpoints::decode(&r.body[..]) else {
+                    continue;
+                };
+                let Some(u) = e
+                    .upstream
+                    .strip_prefix('u')
+                    .and_then(|n| n.parse::<usize>().ok())
+                    .filter(|&u| u < shared.upstreams)
+                else {
+                    continue;
+                };
+                if let Some(seq) = sequence(&e) {
+                    pending.push((u, seq));
+                }
+            }
+            if msg.chunk + 1 < msg.chunk_count {
+                continue;
+            }
+            let ack = pb::Ack {
+                nonce: msg.nonce.clone(),
+                config_version: msg.config_version.clone(),
+            };
+            let _ = tx
+                .send(pb::DeltaRequest {
+                    kind: Some(pb::delta_request::Kind::Ack(ack)),
+                })
+                .await;
+            let at = shared.base.elapsed().as_micros() as u64;
+            for (u, seq) in pending.drain(..) {
+                if current[u].is_none_or(|c| seq > c) {
+                    if current[u].is_none() {
+                        missing -= 1;
+                        if missing == 0 {
+                            let _ = ready.send(id);
+                        }
+                    }
+                    current[u] = Some(seq);
+                    log.held[u].push((seq, at));
+                }
+            }
+            if shared.churning.load(Ordering::Relaxed) {
+                log.bytes += bytes;
+                log.responses += 1;
+            }
+            bytes = 0;
+            check_caught_up(&shared, &current, &mut caught_up);
+        }
+        Ok(log)
+    }
+
+    fn check_caught_up(shared: &Shared, current: &[Option<u32>], done: &mut bool) {
+        if *done {
+            return;
+        }
+        if let Some(last) = shared.last.get()
+            && current
+                .iter()
+                .zip(last)
+                .all(|(c, l)| c.is_some_and(|c| c >= *l))
+        {
+            *done = true;
+            shared.caught_up.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// utime + stime of `pid`, in seconds.
+    fn cpu_secs(pid: u32, ticks_per_sec: f64) -> f64 {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| {
+                let rest = s.rsplit_once(')')?.1.to_string();
+                let f: Vec<&str> = rest.split_whitespace().collect();
+                // After "pid (comm)": state is field 3; utime 14, stime 15.
+                let utime: f64 = f.get(11)?.parse().ok()?;
+                let stime: f64 = f.get(12)?.parse().ok()?;
+                Some((utime + stime) / ticks_per_sec)
+            })
+            .unwrap_or(0.0)
+    }
+
+    fn clock_ticks() -> f64 {
+        std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(100.0)
+    }
+
+    pub async fn run(a: &Args) {
+        let upstreams = a.upstreams.max(1);
+        let secs = a.secs.clamp(1, MAX_SECS);
+        let total_changes = a.rate as u64 * secs;
+        if total_changes.div_ceil(upstreams as u64) > MAX_SEQ {
+            eprintln!(
+                "--rate × --secs / --upstreams must stay under {MAX_SEQ} (ports encode sequence numbers)"
+            );
+            std::process::exit(2);
+        }
+        let ticks = clock_ticks();
+        let consul = ConsulDouble::start(None).await;
+        for u in 0..upstreams {
+            consul.register(Instance::new(
+                &format!("i{u}"),
+                &format!("s{u}"),
+                "127.0.0.1",
+                BASE_PORT as u16,
+            ));
+        }
+        let cp = sentinel_tests::ControlPlane::start(&a.cp, "", &["--keepalive-secs", "60"]).await;
+        let pid = cp.pid().unwrap_or(0);
+        let http = reqwest::Client::new();
+        let source = config(upstreams, a.routes, &consul.url());
+        let config_bytes = source.len();
+        apply(&http, &cp.url(), source).await;
+
+        let shared = Arc::new(Shared {
+            base: Instant::now(),
+            upstreams,
+            churning: AtomicBool::new(false),
+            last: std::sync::OnceLock::new(),
+            caught_up: AtomicUsize::new(0),
+        });
+        let connections = a.nodes.div_ceil(100).max(1);
+        let mut channels = Vec::new();
+        for _ in 0..connections {
+            let ch = tonic::transport::Endpoint::from_shared(cp.grpc_url())
+                .expect("url")
+                .http2_adaptive_window(true)
+                .connect()
+                .await
+                .expect("connect");
+            channels.push(ch);
+        }
+        let (ready_tx, mut ready) = mpsc::unbounded_channel();
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let connect_started = Instant::now();
+        let mut tasks = Vec::with_capacity(a.nodes);
+        for id in 0..a.nodes {
+            let ch = channels[id % connections].clone();
+            let (shared, ready_tx, stop_rx) = (shared.clone(), ready_tx.clone(), stop_rx.clone());
+            tasks.push(tokio::spawn(async move {
+                let r = proxy(ch, id, shared, ready_tx, stop_rx).await;
+                if let Err(e) = &r
+                    && !super::DONE.load(Ordering::Relaxed)
+                {
+                    eprintln!("sim-{id}: {e}");
+                }
+                r.ok()
+            }));
+        }
+        let mut on = 0;
+        while on < a.nodes {
+            match tokio::time::timeout(READY_TIMEOUT, ready.recv()).await {
+                Ok(Some(_)) => on += 1,
+                _ => panic!(
+                    "only {on}/{} proxies received the endpoints of all {upstreams} upstreams",
+                    a.nodes
+                ),
+            }
+        }
+        println!(
+            "{} proxies hold all {upstreams} discovered upstreams ({} routes, {config_bytes} bytes of KDL) after {:.2} s",
+            a.nodes,
+            a.routes,
+            connect_started.elapsed().as_secs_f64()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+
+        // The churn driver: change n goes to upstream n % U, as the next
+        // sequence number of that upstream.
+        let mut seq = vec![0u32; upstreams];
+        let mut changed_at: Vec<Vec<u64>> = vec![vec![0]; upstreams];
+        let mut issued: u64 = 0;
+        let mut cpu_samples = Vec::new();
+        shared.churning.store(true, Ordering::Relaxed);
+        let started = Instant::now();
+        let cpu_start = cpu_secs(pid, ticks);
+        let own_start = cpu_secs(std::process::id(), ticks);
+        let (mut last_sample, mut last_cpu) = (started, cpu_start);
+        let until = started + Duration::from_secs(secs);
+        let mut lag_max = Duration::ZERO;
+        loop {
+            let now = Instant::now();
+            if now >= until {
+                break;
+            }
+            let due = ((now - started).as_secs_f64() * a.rate as f64) as u64;
+            let due = due.min(total_changes);
+            if due > issued + 1 {
+                // How far the driver falls behind its schedule.
+                let behind = Duration::from_secs_f64((due - issued) as f64 / a.rate as f64);
+                lag_max = lag_max.max(behind);
+            }
+            while issued < due {
+                let u = (issued % upstreams as u64) as usize;
+                seq[u] += 1;
+                changed_at[u].push(shared.base.elapsed().as_micros() as u64);
+                consul.register(Instance::new(
+                    &format!("i{u}"),
+                    &format!("s{u}"),
+                    "127.0.0.1",
+                    (BASE_PORT + seq[u]) as u16,
+                ));
+                issued += 1;
+            }
+            if now - last_sample >= Duration::from_secs(1) {
+                let c = cpu_secs(pid, ticks);
+                cpu_samples.push((c - last_cpu) / (now - last_sample).as_secs_f64());
+                (last_sample, last_cpu) = (now, c);
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let churn_secs = started.elapsed().as_secs_f64();
+        let cpu_churn = cpu_secs(pid, ticks) - cpu_start;
+        let own_cpu = cpu_secs(std::process::id(), ticks) - own_start;
+        let _ = shared.last.set(seq.clone());
+        let drain_started = Instant::now();
+        while shared.caught_up.load(Ordering::Relaxed) < a.nodes
+            && drain_started.elapsed() < DRAIN_TIMEOUT
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let drained = shared.caught_up.load(Ordering::Relaxed);
+        super::DONE.store(true, Ordering::Relaxed);
+        let _ = stop_tx.send(true);
+        let mut logs = Vec::with_capacity(a.nodes);
+        for t in tasks {
+            if let Ok(Some(log)) = t.await {
+                logs.push(log);
+            }
+        }
+
+        // Per change: when the last proxy first held it or a later set.
+        let mut latencies = Vec::with_capacity(issued as usize);
+        let mut uncovered = 0usize;
+        for (u, at_source) in changed_at.iter().enumerate() {
+            let n = at_source.len();
+            let mut worst = vec![0u64; n];
+            let mut missed = vec![logs.len() < a.nodes; n];
+            for log in &logs {
+                let held = &log.held[u];
+                let mut i = 0;
+                for k in 1..n {
+                    while i < held.len() && (held[i].0 as usize) < k {
+                        i += 1;
+                    }
+                    match held.get(i) {
+                        Some(&(_, at)) => worst[k] = worst[k].max(at),
+                        None => missed[k] = true,
+                    }
+                }
+            }
+            for ((source, reached), missed) in at_source.iter().zip(&worst).zip(&missed).skip(1) {
+                if *missed {
+                    uncovered += 1;
+                } else {
+                    latencies.push(Duration::from_micros(reached.saturating_sub(*source)));
+                }
+            }
+        }
+        latencies.sort();
+        let bytes: usize = logs.iter().map(|l| l.bytes).sum();
+        let responses: usize = logs.iter().map(|l| l.responses).sum();
+        let proxies = logs.len().max(1);
+        let cpu_mean = cpu_churn / churn_secs;
+        let cpu_peak = cpu_samples.iter().copied().fold(0.0, f64::max);
+        println!(
+            "endpoint churn, {} proxies, {upstreams} upstreams, {} routes, {issued} changes in {churn_secs:.1} s \
+             ({:.0}/s, driver lag max {:.0} ms): source change → every proxy p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms \
+             ({uncovered} changes not reached by every proxy; {drained}/{} proxies caught up); \
+             {:.1} bytes per proxy per change ({:.1} responses per proxy, {:.0} bytes each); \
+             control plane CPU {:.0} % of a core (busiest second {:.0} %), peak RSS {:.0} MiB; \
+             this tool {:.0} % of a core",
+            a.nodes,
+            a.routes,
+            issued as f64 / churn_secs,
+            lag_max.as_secs_f64() * 1000.0,
+            percentile(&latencies, 0.50).as_secs_f64() * 1000.0,
+            percentile(&latencies, 0.99).as_secs_f64() * 1000.0,
+            latencies.last().copied().unwrap_or_default().as_secs_f64() * 1000.0,
+            a.nodes,
+            bytes as f64 / proxies as f64 / issued.max(1) as f64,
+            responses as f64 / proxies as f64,
+            bytes as f64 / responses.max(1) as f64,
+            cpu_mean * 100.0,
+            cpu_peak * 100.0,
+            peak_rss_mib(pid),
+            own_cpu / churn_secs * 100.0,
+        );
+    }
 }
