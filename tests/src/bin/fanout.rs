@@ -120,6 +120,79 @@ fn peak_rss_mib(pid: u32) -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
+/// A simulated proxy's stream: hello sent, responses read (keepalives
+/// skipped, bytes counted), the last chunk of each response ACKed.
+struct SimStream {
+    tx: mpsc::Sender<pb::DeltaRequest>,
+    stream: tonic::Streaming<pb::DeltaResponse>,
+    /// Encoded bytes received since the last ACK.
+    bytes: usize,
+}
+
+impl SimStream {
+    async fn open(channel: tonic::transport::Channel, id: usize) -> Result<Self, tonic::Status> {
+        let (tx, rx) = mpsc::channel(4);
+        let hello = pb::Hello {
+            node: Some(pb::Node {
+                id: format!("sim-{id}"),
+                region: format!("r{}", id % 3),
+                zone: "a".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let _ = tx
+            .send(pb::DeltaRequest {
+                kind: Some(pb::delta_request::Kind::Hello(hello)),
+            })
+            .await;
+        let stream = ConfigStreamClient::new(channel)
+            .max_decoding_message_size(64 * 1024 * 1024)
+            .delta(sentinel_tests::join_request(
+                tokio_stream::wrappers::ReceiverStream::new(rx),
+            ))
+            .await?
+            .into_inner();
+        Ok(Self {
+            tx,
+            stream,
+            bytes: 0,
+        })
+    }
+
+    /// The next non-keepalive message (one chunk), `None` when the stream
+    /// ends. Cancel-safe: the byte count lives in `self`.
+    async fn message(&mut self) -> Result<Option<pb::DeltaResponse>, tonic::Status> {
+        while let Some(msg) = self.stream.message().await? {
+            if !msg.keepalive {
+                self.bytes += msg.encoded_len();
+                return Ok(Some(msg));
+            }
+        }
+        Ok(None)
+    }
+
+    fn is_last_chunk(msg: &pb::DeltaResponse) -> bool {
+        msg.chunk + 1 >= msg.chunk_count
+    }
+
+    /// ACKs `msg` (the last chunk of a response) and returns the bytes the
+    /// whole response took.
+    async fn ack(&mut self, msg: &pb::DeltaResponse) -> usize {
+        let ack = pb::Ack {
+            nonce: msg.nonce.clone(),
+            config_version: msg.config_version.clone(),
+        };
+        let _ = self
+            .tx
+            .send(pb::DeltaRequest {
+                kind: Some(pb::delta_request::Kind::Ack(ack)),
+            })
+            .await;
+        std::mem::take(&mut self.bytes)
+    }
+}
+
 /// One simulated proxy: holds what it received, ACKs everything, reports
 /// (version, bytes, instant) for every response it applied.
 async fn proxy(
@@ -127,48 +200,13 @@ async fn proxy(
     id: usize,
     report: mpsc::UnboundedSender<(u64, usize, Instant)>,
 ) -> Result<(), tonic::Status> {
-    let (tx, rx) = mpsc::channel(4);
-    let hello = pb::Hello {
-        node: Some(pb::Node {
-            id: format!("sim-{id}"),
-            region: format!("r{}", id % 3),
-            zone: "a".into(),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    let _ = tx
-        .send(pb::DeltaRequest {
-            kind: Some(pb::delta_request::Kind::Hello(hello)),
-        })
-        .await;
-    let mut stream = ConfigStreamClient::new(channel)
-        .max_decoding_message_size(64 * 1024 * 1024)
-        .delta(sentinel_tests::join_request(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-        ))
-        .await?
-        .into_inner();
-    let mut bytes = 0;
-    while let Some(msg) = stream.message().await? {
-        if msg.keepalive {
+    let mut sim = SimStream::open(channel, id).await?;
+    while let Some(msg) = sim.message().await? {
+        if !SimStream::is_last_chunk(&msg) {
             continue;
         }
-        bytes += msg.encoded_len();
-        if msg.chunk + 1 < msg.chunk_count {
-            continue;
-        }
-        let ack = pb::Ack {
-            nonce: msg.nonce.clone(),
-            config_version: msg.config_version.clone(),
-        };
-        let _ = tx
-            .send(pb::DeltaRequest {
-                kind: Some(pb::delta_request::Kind::Ack(ack)),
-            })
-            .await;
+        let bytes = sim.ack(&msg).await;
         let _ = report.send((msg.version_number, bytes, Instant::now()));
-        bytes = 0;
     }
     Ok(())
 }
@@ -287,7 +325,6 @@ mod churn {
 
     use prost::Message;
     use sentinel_proto as pb;
-    use sentinel_proto::config_stream_client::ConfigStreamClient;
     use sentinel_tests::consul::{ConsulDouble, Instance};
     use tokio::sync::{mpsc, watch};
 
@@ -366,34 +403,12 @@ mod churn {
         let mut current: Vec<Option<u32>> = vec![None; shared.upstreams];
         let mut missing = shared.upstreams;
         let mut caught_up = false;
-        let (tx, rx) = mpsc::channel(4);
-        let hello = pb::Hello {
-            node: Some(pb::Node {
-                id: format!("sim-{id}"),
-                region: format!("r{}", id % 3),
-                zone: "a".into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        let _ = tx
-            .send(pb::DeltaRequest {
-                kind: Some(pb::delta_request::Kind::Hello(hello)),
-            })
-            .await;
-        let mut stream = ConfigStreamClient::new(channel)
-            .max_decoding_message_size(64 * 1024 * 1024)
-            .delta(sentinel_tests::join_request(
-                tokio_stream::wrappers::ReceiverStream::new(rx),
-            ))
-            .await?
-            .into_inner();
+        let mut sim = super::SimStream::open(channel, id).await?;
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         let mut pending: Vec<(usize, u32)> = Vec::new();
-        let mut bytes = 0;
         loop {
             let msg = tokio::select! {
-                m = stream.message() => m?,
+                m = sim.message() => m?,
                 _ = stop.changed() => break,
                 _ = tick.tick() => {
                     check_caught_up(&shared, &current, &mut caught_up);
@@ -403,10 +418,6 @@ mod churn {
             let Some(msg) = msg else {
                 break;
             };
-            if msg.keepalive {
-                continue;
-            }
-            bytes += msg.encoded_len();
             for r in &msg.resources {
                 if r.r#type != pb::ResourceType::Endpoints as i32 {
                     continue;
@@ -426,18 +437,10 @@ mod churn {
                     pending.push((u, seq));
                 }
             }
-            if msg.chunk + 1 < msg.chunk_count {
+            if !super::SimStream::is_last_chunk(&msg) {
                 continue;
             }
-            let ack = pb::Ack {
-                nonce: msg.nonce.clone(),
-                config_version: msg.config_version.clone(),
-            };
-            let _ = tx
-                .send(pb::DeltaRequest {
-                    kind: Some(pb::delta_request::Kind::Ack(ack)),
-                })
-                .await;
+            let bytes = sim.ack(&msg).await;
             let at = shared.base.elapsed().as_micros() as u64;
             for (u, seq) in pending.drain(..) {
                 if current[u].is_none_or(|c| seq > c) {
@@ -455,7 +458,6 @@ mod churn {
                 log.bytes += bytes;
                 log.responses += 1;
             }
-            bytes = 0;
             check_caught_up(&shared, &current, &mut caught_up);
         }
         Ok(log)
