@@ -414,6 +414,46 @@ pub struct ActivationList {
     pub next_cursor: Option<i64>,
 }
 
+/// The caller of `GET /v1/whoami`.
+#[derive(Serialize, ToSchema, Deserialize)]
+pub struct Identity {
+    /// The token's name.
+    pub name: String,
+    pub role: Role,
+}
+
+/// A `fleet` event of `GET /v1/events`: the status and every node, as
+/// `GET /v1/status` and `GET /v1/nodes` would answer now.
+#[derive(Serialize, ToSchema, Deserialize)]
+pub struct FleetEvent {
+    pub status: Status,
+    pub nodes: Vec<NodeRecord>,
+}
+
+/// How one activation reached the fleet: when each node first held its
+/// version (`GET /v1/activations/{id}/convergence`).
+#[derive(Debug, Serialize, ToSchema, Deserialize)]
+pub struct Convergence {
+    pub activation: Activation,
+    /// Every node the control plane knows (expired ones left out), ordered
+    /// by the time it held the version; nodes that never did come last.
+    pub nodes: Vec<ConvergenceNode>,
+}
+
+/// One node in a [`Convergence`].
+#[derive(Debug, Clone, Serialize, ToSchema, Deserialize)]
+pub struct ConvergenceNode {
+    pub node: String,
+    pub region: String,
+    pub zone: String,
+    pub connected: bool,
+    /// When the control plane received the node's first ACK of the version
+    /// at or after the activation; absent if it has not held it since.
+    pub acked_at_unix_ms: Option<i64>,
+    /// The version the node holds now.
+    pub acked_version: Option<i64>,
+}
+
 /// The audit trail.
 #[derive(Serialize, ToSchema, Deserialize)]
 pub struct AuditList {
@@ -528,6 +568,19 @@ pub struct TargetHealth {
     pub regions: BTreeMap<String, RegionHealth>,
     /// Up to 5 recent errors, `node: error`.
     pub errors: Vec<String>,
+    /// The proxies that see the target down (at most 50, by node id).
+    #[serde(default)]
+    pub down_on: Vec<DownReport>,
+}
+
+/// One proxy that reports a target down.
+#[derive(Serialize, ToSchema, Deserialize)]
+pub struct DownReport {
+    pub node: String,
+    pub region: String,
+    /// Since when the proxy sees it down (Unix ms).
+    pub since_unix_ms: i64,
+    pub last_error: String,
 }
 
 /// Upstream health aggregated across proxies.

@@ -38,6 +38,9 @@ pub struct Verdict {
     pub regions: BTreeMap<String, (u64, u64)>,
     /// Up to 5 recent errors, `node: error`.
     pub errors: Vec<String>,
+    /// The proxies that report the target down (the first [`DOWN_LISTED`],
+    /// by node id): node, region, since (Unix ms), last error.
+    pub down_on: Vec<(String, String, i64, String)>,
     /// Fleet-wide: fewer than the quorum of reporting proxies say unhealthy.
     pub healthy: bool,
 }
@@ -49,6 +52,9 @@ impl Verdict {
 }
 
 /// Combines every proxy's latest report: (upstream, target) → verdict.
+/// Proxies listed per target in [`Verdict::down_on`].
+pub const DOWN_LISTED: usize = 50;
+
 pub fn aggregate(
     reports: &HashMap<String, Reported>,
     quorum_percent: u32,
@@ -72,6 +78,14 @@ pub fn aggregate(
                 region.1 += 1;
                 if !t.last_error.is_empty() && v.errors.len() < 5 {
                     v.errors.push(format!("{node}: {}", t.last_error));
+                }
+                if v.down_on.len() < DOWN_LISTED {
+                    v.down_on.push((
+                        node.clone(),
+                        report.region.clone(),
+                        i64::try_from(t.since_unix_ms).unwrap_or(i64::MAX),
+                        t.last_error.clone(),
+                    ));
                 }
             }
         }

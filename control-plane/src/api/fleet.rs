@@ -15,8 +15,8 @@ use utoipa::IntoParams;
 use super::extract::{Path, Query, limit};
 use super::{Api, ApiError, Caller, ErrorBody, READ};
 pub use sentinel_api::{
-    Disconnected, Health, NodeCounts, NodeEvents, NodeList, NodeNack, RegionHealth, RegionStatus,
-    Status, TargetHealth,
+    Disconnected, DownReport, Health, NodeCounts, NodeEvents, NodeList, NodeNack, RegionHealth,
+    RegionStatus, Status, TargetHealth,
 };
 
 use crate::store::NodeRecord;
@@ -142,9 +142,15 @@ pub async fn status(
     State(api): State<Api>,
     _c: Caller<READ>,
 ) -> Result<axum::Json<Status>, ApiError> {
+    let all = api.fleet.store.nodes_seen_within(api.node_expiry).await?;
+    Ok(axum::Json(status_of(&api, &all).await?))
+}
+
+/// The status of the fleet made of `all` (every node seen within the expiry
+/// window, expired ones marked): for `/v1/status` and the console's events.
+pub(super) async fn status_of(api: &Api, all: &[NodeRecord]) -> Result<Status, ApiError> {
     let active = api.fleet.store.active().await?;
     let activations = api.fleet.store.activations(1).await?;
-    let all = api.fleet.store.nodes_seen_within(api.node_expiry).await?;
     let expired = all.iter().filter(|n| n.expired).count() as u64;
     let nodes: Vec<&NodeRecord> = all.iter().filter(|n| !n.expired).collect();
     let active_number = active.as_ref().map(|a| a.record.number);
@@ -186,7 +192,7 @@ pub async fn status(
             last_seen_unix_ms: n.last_seen_unix_ms,
         })
         .collect();
-    Ok(axum::Json(Status {
+    Ok(Status {
         active: active.map(|a| a.record),
         last_activation: activations.into_iter().next(),
         replica: api.fleet.replica.clone(),
@@ -199,7 +205,7 @@ pub async fn status(
         regions,
         nacks,
         disconnected,
-    }))
+    })
 }
 
 /// Health of every target aggregated over the proxies that report it. A
@@ -217,6 +223,11 @@ pub async fn health(
     State(api): State<Api>,
     _c: Caller<READ>,
 ) -> Result<axum::Json<Health>, ApiError> {
+    Ok(axum::Json(health_of(&api)))
+}
+
+/// Fleet-aggregated health as this replica knows it now.
+pub(super) fn health_of(api: &Api) -> Health {
     let quorum = u64::from(api.health_quorum_percent.max(1));
     let verdicts = crate::health::aggregate(&api.fleet.health_reports(), api.health_quorum_percent);
     let mut upstreams: BTreeMap<String, Vec<TargetHealth>> = BTreeMap::new();
@@ -233,10 +244,20 @@ pub async fn health(
                 .map(|(r, (healthy, unhealthy))| (r, RegionHealth { healthy, unhealthy }))
                 .collect(),
             errors: v.errors,
+            down_on: v
+                .down_on
+                .into_iter()
+                .map(|(node, region, since_unix_ms, last_error)| DownReport {
+                    node,
+                    region,
+                    since_unix_ms,
+                    last_error,
+                })
+                .collect(),
         });
     }
-    Ok(axum::Json(Health {
+    Health {
         quorum_percent: quorum,
         upstreams,
-    }))
+    }
 }

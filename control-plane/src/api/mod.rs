@@ -22,6 +22,7 @@
 //! they take and return, so it cannot drift from what is served.
 
 mod configs;
+mod console;
 mod discovery;
 pub mod extract;
 mod fleet;
@@ -79,6 +80,12 @@ pub fn router(
         .route("/v1/diff", get(configs::diff))
         .route("/v1/rollback", post(configs::rollback))
         .route("/v1/activations", get(configs::activations))
+        .route(
+            "/v1/activations/{id}/convergence",
+            get(console::convergence),
+        )
+        .route("/v1/events", get(console::events))
+        .route("/v1/whoami", get(console::whoami))
         .route("/v1/audit", get(configs::audit))
         .route("/v1/nodes", get(fleet::nodes))
         .route("/v1/nodes/{id}/events", get(fleet::node_events))
@@ -88,6 +95,7 @@ pub fn router(
         .route("/v1/tokens", get(tokens::list).post(tokens::create))
         .route("/v1/tokens/{name}", delete(tokens::revoke))
         .route_layer(axum::middleware::from_fn(etag))
+        .merge(console::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         // Large fleets have large configs (a 10k-route file is several MiB).
@@ -229,6 +237,8 @@ impl From<RolloutError> for ApiError {
 /// The caller, authenticated; `R` is the role the handler needs.
 pub struct Caller<const R: u8> {
     pub name: String,
+    /// The token's role (at least `R`).
+    pub role: Role,
 }
 
 pub const READ: u8 = 0;
@@ -280,7 +290,7 @@ impl<const R: u8> FromRequestParts<Api> for Caller<R> {
                 ),
             ));
         }
-        Ok(Caller { name })
+        Ok(Caller { name, role })
     }
 }
 
@@ -310,7 +320,12 @@ async fn etag(req: axum::extract::Request, next: axum::middleware::Next) -> Resp
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     let resp = next.run(req).await;
-    if !is_get || resp.status() != StatusCode::OK {
+    // An event stream never ends: it cannot be buffered to be hashed.
+    let streaming = resp
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    if !is_get || resp.status() != StatusCode::OK || streaming {
         return resp;
     }
     let (mut parts, body) = resp.into_parts();

@@ -15,7 +15,7 @@ use utoipa::openapi::extensions::ExtensionsBuilder;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{ErrorBody, configs, discovery, fleet, tokens};
+use super::{ErrorBody, configs, console, discovery, fleet, tokens};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -31,7 +31,8 @@ under /v1 are stable: fields may be added, never renamed or removed, within /v1.
         configs::apply, configs::list, configs::active, configs::get, configs::diff,
         configs::rollback, configs::activations, configs::audit,
         fleet::nodes, fleet::node_events, fleet::status, fleet::health,
-        discovery::discovery,
+        discovery::discovery, console::events, console::convergence,
+        console::whoami,
         tokens::create, tokens::list, tokens::revoke,
         super::healthz, super::readyz, super::metrics, openapi_json,
     ),

@@ -600,6 +600,18 @@ impl Store {
         rows.iter().map(activation).collect()
     }
 
+    /// One activation by id.
+    pub async fn activation(&self, id: i64) -> Result<Option<Activation>> {
+        let row = sqlx::query(
+            "SELECT id, kind, from_version, to_version, actor, message, at FROM activations \
+             WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(activation).transpose()
+    }
+
     pub async fn audit_log(&self, limit: i64) -> Result<Vec<AuditEntry>> {
         Ok(self
             .audit_before(limit, None)

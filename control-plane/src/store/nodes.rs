@@ -45,6 +45,10 @@ pub const LAST_SEEN_REFRESH: Duration = Duration::from_secs(60);
 /// NACK events kept per node.
 pub const EVENTS_KEPT: i64 = 100;
 
+/// Version changes (`node_acks`, the console's convergence charts) kept
+/// per node.
+pub const ACKS_KEPT: i64 = 100;
+
 /// The hello part of a session: what the node says it is.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Hello {
@@ -167,6 +171,22 @@ impl Store {
             .into_iter()
             .map(|(_, e)| e)
             .collect())
+    }
+
+    /// Per node, the first time it moved to `version` at or after
+    /// `since_unix_ms` (from `node_acks`; see [`ACKS_KEPT`]).
+    pub async fn first_acks(&self, version: i64, since_unix_ms: i64) -> Result<Vec<(String, i64)>> {
+        let rows = sqlx::query(
+            "SELECT node_id, MIN(at) AS first FROM node_acks WHERE version = $1 AND at >= $2 \
+             GROUP BY node_id",
+        )
+        .bind(version)
+        .bind(since_unix_ms)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("node_id")?, r.try_get("first")?)))
+            .collect()
     }
 
     /// Newest first, only event ids below `before`; each with its id (the
@@ -304,6 +324,32 @@ impl Store {
             .bind(epoch)
             .execute(&mut **tx)
             .await?;
+        }
+        // A move to another version is recorded for convergence, before the
+        // row is updated (a reconnect that ACKs what the row holds is not a
+        // move), with the session rule of every other write.
+        if let Some((version, _)) = &c.ack {
+            let moved = sqlx::query(
+                "INSERT INTO node_acks (node_id, version, at) SELECT $1, $2, $3 \
+                 WHERE EXISTS (SELECT 1 FROM nodes WHERE id = $1 AND session_epoch = $4 \
+                 AND (acked_version IS NULL OR acked_version <> $2))",
+            )
+            .bind(&c.id)
+            .bind(*version)
+            .bind(seen)
+            .bind(epoch)
+            .execute(&mut **tx)
+            .await?;
+            if moved.rows_affected() > 0 {
+                sqlx::query(
+                    "DELETE FROM node_acks WHERE node_id = $1 AND at < \
+                     (SELECT at FROM node_acks WHERE node_id = $1 ORDER BY at DESC LIMIT 1 OFFSET $2)",
+                )
+                .bind(&c.id)
+                .bind(ACKS_KEPT - 1)
+                .execute(&mut **tx)
+                .await?;
+            }
         }
         // An ACK and the NACKs it clears in one statement (the right-hand
         // sides all see the row as it was).
