@@ -372,3 +372,82 @@ async fn concurrent_applies_are_serialised() {
     })
     .await;
 }
+
+/// Convergence records (`node_acks`): one row per move of a node to another
+/// version, none for a reconnect that ACKs what it holds, none from a
+/// stale session, the newest `ACKS_KEPT` per node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn version_moves_are_recorded_once_and_bounded() {
+    both(async |store: Store| {
+        let hello = |id: &str, epoch| NodeUpdate::Connected {
+            node: sentinel_proto::Node {
+                id: id.into(),
+                region: "eu".into(),
+                zone: "a".into(),
+                build_version: "t".into(),
+                labels: vec![],
+            },
+            epoch,
+        };
+        let ack = |id: &str, epoch, version: i64| NodeUpdate::Ack {
+            id: id.into(),
+            epoch,
+            version,
+            hash: format!("h{version}"),
+        };
+        let (e1, e2) = (Epoch::next(), Epoch::next());
+        store
+            .write_node_updates(&[hello("n1", e1)], "r")
+            .await
+            .unwrap();
+        store
+            .write_node_updates(&[ack("n1", e1, 1)], "r")
+            .await
+            .unwrap();
+        store
+            .write_node_updates(&[ack("n1", e1, 2)], "r")
+            .await
+            .unwrap();
+        // The same version again (an endpoint delta), then a reconnect that
+        // ACKs what the row holds: no move.
+        store
+            .write_node_updates(&[ack("n1", e1, 2)], "r")
+            .await
+            .unwrap();
+        store
+            .write_node_updates(&[hello("n1", e2)], "r")
+            .await
+            .unwrap();
+        store
+            .write_node_updates(&[ack("n1", e2, 2)], "r")
+            .await
+            .unwrap();
+        // The old session's late ACK changes nothing.
+        store
+            .write_node_updates(&[ack("n1", e1, 3)], "r")
+            .await
+            .unwrap();
+        let v2 = store.first_acks(2, 0).await.unwrap();
+        assert_eq!(v2.len(), 1, "{v2:?}");
+        assert_eq!(v2[0].0, "n1");
+        assert_eq!(store.first_acks(1, 0).await.unwrap().len(), 1);
+        assert!(
+            store.first_acks(3, 0).await.unwrap().is_empty(),
+            "a stale session's ACK"
+        );
+        assert!(
+            store.first_acks(2, v2[0].1 + 1).await.unwrap().is_empty(),
+            "moves before `since` are not counted"
+        );
+        // Bounded: after ACKS_KEPT more moves, v1's record is gone.
+        for v in 10..(10 + sentinel_cp::store::ACKS_KEPT) {
+            store
+                .write_node_updates(&[ack("n1", e2, v)], "r")
+                .await
+                .unwrap();
+        }
+        assert!(store.first_acks(1, 0).await.unwrap().is_empty());
+        assert_eq!(store.first_acks(10, 0).await.unwrap().len(), 1);
+    })
+    .await;
+}

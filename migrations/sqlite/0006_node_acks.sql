@@ -3,6 +3,7 @@
 -- reconnect that ACKs the version it already held adds none); the newest
 -- 100 per node are kept (trimmed on write).
 CREATE TABLE node_acks (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
     node_id     TEXT NOT NULL,
     version     INTEGER NOT NULL,
     -- Unix milliseconds at which the control plane received the ACK.
@@ -10,4 +11,4 @@ CREATE TABLE node_acks (
 );
 
 CREATE INDEX node_acks_by_version ON node_acks (version, at);
-CREATE INDEX node_acks_by_node ON node_acks (node_id, at);
+CREATE INDEX node_acks_by_node ON node_acks (node_id, id);

@@ -86,6 +86,25 @@ impl Browser {
         path
     }
 
+    /// The element `css` selects, waiting up to 20 s for it to appear.
+    pub async fn element(&self, css: &str) -> fantoccini::elements::Element {
+        self.client
+            .wait()
+            .at_most(Duration::from_secs(20))
+            .for_element(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("no `{css}` within 20 s: {e}"))
+    }
+
+    /// Clicks the element `css` selects (waiting for it as [`Self::element`]).
+    pub async fn click(&self, css: &str) {
+        self.element(css)
+            .await
+            .click()
+            .await
+            .unwrap_or_else(|e| panic!("cannot click `{css}`: {e}"));
+    }
+
     /// Runs `script` (a function body; `return` a value) in the page.
     pub async fn js(&self, script: &str) -> serde_json::Value {
         self.client

@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use sentinel_tests::browser::{Browser, Locator};
+use sentinel_tests::browser::Browser;
 use sentinel_tests::{ControlPlane, DemoBackend, Proxy, http, wait_for, workspace_bin};
 use serde_json::{Value, json};
 
@@ -82,16 +82,10 @@ fn fleet_shows(n: usize, state: &str, version: u32) -> String {
 }
 
 async fn log_in(b: &Browser, secret: &str) {
-    let input = b.client.wait_for_find(Locator::Id("token")).await.unwrap();
+    let input = b.element("#token").await;
     input.clear().await.unwrap();
     input.send_keys(secret).await.unwrap();
-    b.client
-        .find(Locator::Css("#login button[type=submit]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    b.click("#login button[type=submit]").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -121,6 +115,13 @@ async fn the_console_follows_the_fleet_and_rolls_it_back() {
     let b = Browser::start(1280, 900).await;
     b.client.goto(&format!("{}/ui/", cp.url())).await.unwrap();
 
+    // The login form: a labelled field; Enter in it submits.
+    b.element("#token").await;
+    assert_eq!(
+        b.js("return document.getElementById('token').labels[0].textContent;")
+            .await,
+        json!("API token")
+    );
     // A wrong token is refused and said so.
     log_in(&b, "not-a-token").await;
     assert!(
@@ -197,20 +198,8 @@ async fn the_console_follows_the_fleet_and_rolls_it_back() {
         "no highlighted source"
     );
     b.screenshot("version").await;
-    b.client
-        .wait_for_find(Locator::Id("rollback"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    b.client
-        .wait_for_find(Locator::Id("confirm-rollback"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    b.click("#rollback").await;
+    b.click("#confirm-rollback").await;
     converge(&all, "v1").await;
     assert!(
         b.until(WAIT, &fleet_shows(3, "on", 1)).await,
@@ -282,6 +271,35 @@ async fn the_console_follows_the_fleet_and_rolls_it_back() {
         .await
     );
     b.screenshot("versions").await;
+    // Accessibility basics: every control is labelled, and the theme switch
+    // works (both themes are screenshotted).
+    let labelled = "return [...document.querySelectorAll('input, select, button')].every(e => e.labels?.length || e.getAttribute('aria-label') || e.textContent.trim());";
+    assert_eq!(
+        b.js(labelled).await,
+        json!(true),
+        "an unlabelled control on the versions page"
+    );
+    b.click("#theme").await;
+    let dark = b
+        .js("return getComputedStyle(document.body).backgroundColor;")
+        .await;
+    b.client
+        .goto(&format!("{}/ui/#/fleet", cp.url()))
+        .await
+        .unwrap();
+    assert!(
+        b.until(
+            WAIT,
+            "return document.querySelectorAll('[data-node]').length === 3;"
+        )
+        .await
+    );
+    b.screenshot("fleet-other-theme").await;
+    b.click("#theme").await;
+    let light = b
+        .js("return getComputedStyle(document.body).backgroundColor;")
+        .await;
+    assert_ne!(dark, light, "the theme switch changes nothing");
 
     // A lost connection is said so, and comes back by itself.
     b.client
@@ -309,13 +327,7 @@ async fn the_console_follows_the_fleet_and_rolls_it_back() {
     );
 
     // The read token looks but cannot act.
-    b.client
-        .find(Locator::Id("logout"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    b.click("#logout").await;
     log_in(&b, &reader).await;
     assert!(
         b.until(

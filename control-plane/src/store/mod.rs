@@ -27,7 +27,7 @@ pub mod writer;
 
 pub use endpoints::{EndpointHistory, HISTORY_PER_UPSTREAM};
 
-pub use nodes::{Nack, NodeChange, NodeEvent, NodeRecord, REPLICA_TIMEOUT, sanitise};
+pub use nodes::{ACKS_KEPT, Nack, NodeChange, NodeEvent, NodeRecord, REPLICA_TIMEOUT, sanitise};
 
 mod tokens;
 pub use tokens::{Ensured, NewToken, TokenKind, TokenRecord, Unusable};

@@ -342,8 +342,8 @@ impl Store {
             .await?;
             if moved.rows_affected() > 0 {
                 sqlx::query(
-                    "DELETE FROM node_acks WHERE node_id = $1 AND at < \
-                     (SELECT at FROM node_acks WHERE node_id = $1 ORDER BY at DESC LIMIT 1 OFFSET $2)",
+                    "DELETE FROM node_acks WHERE node_id = $1 AND id < \
+                     (SELECT id FROM node_acks WHERE node_id = $1 ORDER BY id DESC LIMIT 1 OFFSET $2)",
                 )
                 .bind(&c.id)
                 .bind(ACKS_KEPT - 1)
