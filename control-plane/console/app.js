@@ -206,7 +206,7 @@ function onEvents(names, render) {
 const main = () => document.getElementById("main");
 let leave = () => {};
 
-const pages = { fleet, versions, version, diff, convergence, health, audit };
+const pages = { fleet, versions, version, diff, rollouts, rollout, convergence, health, audit };
 
 function route() {
   if (!state.token) return showLogin();
@@ -215,7 +215,8 @@ function route() {
   const [name, ...args] = (location.hash.replace(/^#\/?/, "") || "fleet").split("/");
   const page = pages[name] || fleet;
   for (const a of document.querySelectorAll("nav a")) {
-    const current = a.dataset.page === name || (name === "version" && a.dataset.page === "versions") || (name === "diff" && a.dataset.page === "versions");
+    const parent = { version: "versions", diff: "versions", rollout: "rollouts" }[name];
+    const current = a.dataset.page === name || a.dataset.page === parent;
     if (current) a.setAttribute("aria-current", "page");
     else a.removeAttribute("aria-current");
   }
@@ -385,6 +386,80 @@ async function diff(from, to) {
     h("h2", {}, "Source"),
     h("div", { class: "diff", id: "text-diff", role: "table", "aria-label": `v${d.from} left, v${d.to} right` },
       h("div", { class: "gap" }, `v${d.from ?? "∅"}`), h("div", { class: "gap" }, `v${d.to}`), cells));
+}
+
+async function rollouts() {
+  const render = async () => {
+    const list = await api("/v1/rollouts?limit=50");
+    main().replaceChildren(h("h1", {}, "Rollouts"),
+      list.rollouts.length ? h("div", { class: "scroll" }, h("table", { id: "rollouts" },
+        h("thead", {}, h("tr", {}, ["Rollout", "State", "Version", "Stage", "By", "Reason", "Updated"].map((t) => h("th", { scope: "col" }, t)))),
+        h("tbody", {}, list.rollouts.map((r) => h("tr", { "data-rollout": r.id, "data-state": r.state },
+          h("td", {}, h("a", { href: `#/rollout/${r.id}` }, `#${r.id}`)),
+          h("td", {}, h("span", { class: `node ${stateClass(r.state)}` }, r.state)),
+          h("td", {}, `v${r.from_version ?? "∅"} → v${r.to_version}`),
+          h("td", {}, `${r.stage + 1} of ${r.stages}`),
+          h("td", {}, r.actor), h("td", {}, r.reason || "—"), h("td", {}, time(r.updated_at_unix_ms)))))))
+        : h("p", { class: "muted" }, "No staged rollout yet: `sentinelctl apply FILE --stages \"canary:1,*\"` starts one."));
+  };
+  await render();
+  leave = onEvents(["fleet"], () => render().catch(() => {}));
+}
+
+function stateClass(state) {
+  return { running: "state-behind", rolling: "state-behind", baking: "state-behind", paused: "state-off", pending: "state-off",
+    completed: "state-on", passed: "state-on", acked: "state-on", failed: "state-nack", nacked: "state-nack",
+    aborted: "state-off", returned: "state-off", waiting: "state-behind" }[state] || "state-off";
+}
+
+async function rollout(id) {
+  const render = async () => {
+    const d = await api(`/v1/rollouts/${encodeURIComponent(id)}`);
+    const r = d.rollout;
+    const act = (verb) => h("button", { type: "button", id: verb, class: verb === "abort" ? "danger" : "", onclick: async () => {
+      try { await api(`/v1/rollouts/${r.id}/${verb}`, { method: "POST", body: "{}" }); await render(); }
+      catch (err) { main().prepend(h("p", { class: "error", role: "alert" }, `${verb} failed: ${err.message}`)); }
+    } }, verb[0].toUpperCase() + verb.slice(1));
+    const live = r.state === "running" || r.state === "paused";
+    const actions = canWrite() && live ? h("div", { class: "row", id: "rollout-actions" },
+      r.state === "running" ? act("pause") : act("resume"), act("promote"), act("abort")) : null;
+    const g = d.plan.gates || {};
+    const lastGate = new Map();
+    for (const e of d.events) if (e.kind === "gate") lastGate.set(e.stage, e);
+    main().replaceChildren(
+      h("h1", {}, `Rollout #${r.id}: v${r.from_version ?? "∅"} → v${r.to_version}`),
+      h("p", { id: "rollout-state" }, h("span", { class: `node ${stateClass(r.state)}` }, r.state),
+        ` stage ${r.stage + 1} of ${r.stages} — by ${r.actor}${r.message ? ", " + r.message : ""}`),
+      r.reason ? h("p", { class: r.state === "failed" ? "error" : "muted", id: "rollout-reason" },
+        r.failed_gate ? `Gate ${r.failed_gate}${r.failed_node ? " on " + r.failed_node : ""}: ` : "", r.reason) : null,
+      actions,
+      h("h2", {}, "Stages"),
+      h("div", { class: "scroll" }, h("table", { id: "stages" },
+        h("thead", {}, h("tr", {}, ["#", "Selects", "State", "ACKed", "Bake", "Last gate check"].map((t) => h("th", { scope: "col" }, t)))),
+        h("tbody", {}, d.stages.map((s) => h("tr", { "data-stage": s.index, "data-state": s.state },
+          h("td", {}, s.index + 1), h("td", {}, s.select),
+          h("td", {}, h("span", { class: `node ${stateClass(s.state)}` }, s.state)),
+          h("td", {}, `${s.acked}/${s.nodes}`), h("td", {}, `${s.bake_ms} ms`),
+          h("td", {}, lastGate.has(s.index) ? lastGate.get(s.index).detail : "—")))))),
+      h("h2", {}, "Gates"),
+      h("ul", { id: "gates" },
+        h("li", {}, "every admitted node ACKs; a NACK fails the stage at once"),
+        h("li", {}, `5xx share at most ${g.max_5xx_increase ?? "default"} above the reference`),
+        h("li", {}, `p99 at most ${g.max_p99_ratio ?? "default"}× the reference (floor ${g.p99_floor_ms ?? "default"} ms)`),
+        h("li", {}, `unhealthy targets at most ${g.max_unhealthy_increase ?? "default"} above the reference`),
+        h("li", {}, `progress deadline ${g.progress_deadline_ms ?? "default"} ms; judged after ${g.min_requests ?? "default"} requests`)),
+      h("h2", {}, "Nodes"),
+      h("div", { class: "scroll" }, h("table", { id: "rollout-nodes" },
+        h("thead", {}, h("tr", {}, ["Node", "Region", "Stage", "State", "Holds"].map((t) => h("th", { scope: "col" }, t)))),
+        h("tbody", {}, d.nodes.map((n) => h("tr", { "data-node": n.node, "data-state": n.state },
+          h("td", {}, n.node), h("td", {}, n.region), h("td", {}, n.stage + 1),
+          h("td", {}, h("span", { class: `node ${stateClass(n.state)}` }, n.state)),
+          h("td", {}, n.acked_version ? `v${n.acked_version}` : "—")))))),
+      h("h2", {}, "Events"),
+      h("ol", { id: "rollout-events" }, d.events.map((e) => h("li", {}, `${time(e.at_unix_ms)} — ${e.kind}${e.stage != null ? " (stage " + (e.stage + 1) + ")" : ""}: ${e.detail}`))));
+  };
+  await render();
+  leave = onEvents(["fleet"], () => render().catch(() => {}));
 }
 
 async function convergence(id) {
