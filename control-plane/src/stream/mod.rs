@@ -219,6 +219,12 @@ impl StreamService {
             epoch,
         });
         tracing::info!(node = %node.id, region = %node.region, zone = %node.zone, held = held_count, epoch = epoch.0, "proxy connected");
+        if let Held::Config(c) = &held {
+            // The proxy says it runs exactly what it should: that is its
+            // ACK (an ACK sent to a replica that died before recording it
+            // would otherwise never be recorded).
+            self.acked(&node, epoch, c);
+        }
         let mut active_rx = fleet.subscribe();
         // A rollout admitting this node (or ending) changes what it should
         // run without changing the active configuration.
