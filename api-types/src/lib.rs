@@ -101,6 +101,9 @@ pub struct NodeRecord {
     pub id: String,
     pub region: String,
     pub zone: String,
+    /// The labels the proxy announced (`--label key=value`).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
     pub build_version: String,
     /// The control-plane replica the node is (or was last) connected to.
     pub replica: String,
@@ -744,6 +747,7 @@ pub struct RolloutGates {
 pub struct RolloutPlan {
     /// 1 to 20 stages, in order; the last one usually selects `*`. The
     /// version becomes active for the whole fleet when the last stage passed.
+    #[schema(min_items = 1, max_items = 20)]
     pub stages: Vec<RolloutStage>,
     /// Default bake time of a stage (milliseconds; default 10000).
     #[serde(default, deserialize_with = "crate::integral")]

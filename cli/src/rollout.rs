@@ -34,7 +34,7 @@ pub enum Command {
 #[derive(clap::Args, Default)]
 pub struct PlanArgs {
     /// Roll out in stages, comma-separated, in order: `*`, `N%`, `canary:N`,
-    /// `region:NAME` or `NAME`, `zone:NAME`, `node:ID+ID`; `@DUR` after a
+    /// `region:NAME` or `NAME`, `zone:NAME`, `node:ID+ID`, `label:KEY=VALUE`; `@DUR` after a
     /// stage sets its bake (e.g. "canary:1@30s,eu-west,*").
     #[arg(long, value_name = "STAGES", conflicts_with = "canary")]
     stages: Option<String>,

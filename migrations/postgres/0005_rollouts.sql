@@ -54,3 +54,6 @@ CREATE TABLE rollout_events (
 );
 
 CREATE INDEX rollout_events_by_rollout ON rollout_events (rollout_id, id);
+
+-- A node's labels (`k=v` lines, sorted) from its hello: stages select by them.
+ALTER TABLE nodes ADD COLUMN labels TEXT;

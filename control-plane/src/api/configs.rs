@@ -204,6 +204,11 @@ pub async fn apply(
         .map(|f| storable(&f, NAME_MAX_CHARS))
         .filter(|f| !f.trim().is_empty())
         .unwrap_or_else(|| "sentinel.kdl".to_string());
+    if let Some(plan) = &input.rollout {
+        // Checked before anything else, dry runs included.
+        crate::rollouts::plan::Plan::from_api(plan)
+            .map_err(|e| ApiError::bad_request(format!("invalid rollout plan: {e}")))?;
+    }
     if input.dry_run {
         let snapshot = rollout::compile(&file_name, &input.source).await?;
         let active = api.fleet.store.active().await?;

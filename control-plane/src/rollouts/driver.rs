@@ -110,6 +110,7 @@ pub fn node_view(n: &NodeRecord) -> NodeView {
         id: n.id.clone(),
         region: n.region.clone(),
         zone: n.zone.clone(),
+        labels: n.labels.clone(),
         connected: n.connected,
         acked_version: n.acked_version,
         nack: n

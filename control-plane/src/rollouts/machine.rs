@@ -76,6 +76,7 @@ pub struct NodeView {
     pub id: String,
     pub region: String,
     pub zone: String,
+    pub labels: BTreeMap<String, String>,
     pub connected: bool,
     pub acked_version: Option<i64>,
     /// The version of the NACK the node currently stands by, and its text.
@@ -207,6 +208,7 @@ pub fn admit(
             id: n.id.clone(),
             region: n.region.clone(),
             zone: n.zone.clone(),
+            labels: n.labels.clone(),
         })
         .collect();
     select(&plan.stages[stage].selector, &candidates)
@@ -338,6 +340,7 @@ mod tests {
                         id: format!("n{i}"),
                         region: region.into(),
                         zone: format!("{region}-a"),
+                        labels: BTreeMap::new(),
                         connected: true,
                         acked_version: Some(FROM),
                         nack: None,
@@ -506,6 +509,7 @@ mod tests {
             id: id.into(),
             region: "eu".into(),
             zone: "eu-a".into(),
+            labels: BTreeMap::new(),
             connected: true,
             acked_version: Some(acked),
             nack: nack.map(|v| (v, "cannot bind".into())),

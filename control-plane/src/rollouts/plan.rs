@@ -29,6 +29,8 @@ pub enum Selector {
     Zone(String),
     /// `node:A+B`.
     Nodes(BTreeSet<String>),
+    /// `label:KEY=VALUE`.
+    Label(String, String),
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -69,6 +71,12 @@ impl Selector {
             Some(("canary", n)) => count(n),
             Some(("region", r)) if name_ok(r) => Ok(Selector::Region(r.to_string())),
             Some(("zone", z)) if name_ok(z) => Ok(Selector::Zone(z.to_string())),
+            Some(("label", kv)) => match kv.split_once('=') {
+                Some((k, v)) if name_ok(k) && !v.is_empty() && v.len() <= 256 => {
+                    Ok(Selector::Label(k.to_string(), v.to_string()))
+                }
+                _ => Err(bad("a label selector is label:KEY=VALUE")),
+            },
             Some(("node", ids)) => {
                 let set: BTreeSet<String> = ids.split('+').map(str::to_string).collect();
                 if set.iter().all(|id| name_ok(id)) {
@@ -78,7 +86,7 @@ impl Selector {
                 }
             }
             Some((kind, _)) => Err(bad(&format!(
-                "unknown selector `{kind}:` (use *, N%, canary:N, region:NAME, zone:NAME, node:ID+ID or a region name)"
+                "unknown selector `{kind}:` (use *, N%, canary:N, region:NAME, zone:NAME, node:ID+ID, label:KEY=VALUE or a region name)"
             ))),
             None if name_ok(t) => Ok(Selector::Region(t.to_string())),
             None => Err(bad("empty or not printable ASCII")),
@@ -100,6 +108,7 @@ pub struct Candidate {
     pub id: String,
     pub region: String,
     pub zone: String,
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 /// The nodes `selector` picks out of `nodes` (connected nodes, any order),
@@ -130,6 +139,11 @@ pub fn select(selector: &Selector, nodes: &[Candidate]) -> Vec<String> {
         Selector::Nodes(ids) => nodes
             .iter()
             .filter(|n| ids.contains(&n.id))
+            .map(|n| n.id.clone())
+            .collect(),
+        Selector::Label(k, v) => nodes
+            .iter()
+            .filter(|n| n.labels.get(k) == Some(v))
             .map(|n| n.id.clone())
             .collect(),
     };
@@ -186,10 +200,18 @@ impl Plan {
                 plan.stages.len()
             )));
         }
-        let bake_default = plan
-            .bake_ms
-            .map_or(DEFAULT_BAKE, Duration::from_millis)
-            .min(Duration::from_secs(86_400));
+        let day_ms = 86_400_000;
+        if plan.bake_ms.is_some_and(|b| b > day_ms)
+            || plan
+                .stages
+                .iter()
+                .any(|s| s.bake_ms.is_some_and(|b| b > day_ms))
+        {
+            return Err(PlanError(format!(
+                "a bake is at most one day ({day_ms} ms)"
+            )));
+        }
+        let bake_default = plan.bake_ms.map_or(DEFAULT_BAKE, Duration::from_millis);
         let stages = plan
             .stages
             .iter()
@@ -197,10 +219,7 @@ impl Plan {
                 Ok(Stage {
                     select: s.select.trim().to_string(),
                     selector: Selector::parse(&s.select)?,
-                    bake: s
-                        .bake_ms
-                        .map_or(bake_default, Duration::from_millis)
-                        .min(Duration::from_secs(86_400)),
+                    bake: s.bake_ms.map_or(bake_default, Duration::from_millis),
                 })
             })
             .collect::<Result<Vec<_>, PlanError>>()?;
@@ -278,6 +297,11 @@ mod tests {
                 id: format!("node-{i}"),
                 region: if i % 2 == 0 { "eu" } else { "us" }.into(),
                 zone: format!("z{}", i % 3),
+                labels: [(
+                    "tier".to_string(),
+                    if i < 2 { "canary" } else { "main" }.to_string(),
+                )]
+                .into(),
             })
             .collect()
     }
@@ -338,6 +362,11 @@ mod tests {
             select(&Selector::parse("node:node-5+ghost").unwrap(), &all),
             vec!["node-5"]
         );
+        assert_eq!(
+            select(&Selector::parse("label:tier=canary").unwrap(), &all),
+            vec!["node-0", "node-1"]
+        );
+        assert!(Selector::parse("label:tier").is_err());
     }
 
     #[test]
