@@ -578,7 +578,13 @@ async fn operators_pause_resume_promote_abort_and_roll_back_from_the_cli() {
     let dir = tempfile::tempdir().unwrap();
     let backend = DemoBackend::start(&workspace_bin("sentinel-bench-backend"), "web");
     let cp = ControlPlane::start(&workspace_bin("sentinel-cp"), "", &[]).await;
-    let fleet = Fleet::start(&[cp.grpc_url()], |_| vec![]);
+    let fleet = Fleet::start(&[cp.grpc_url()], |name| {
+        if name == "ap-2" {
+            vec![("SENTINEL_LABELS".into(), "tier=canary,rack=r7".into())]
+        } else {
+            vec![]
+        }
+    });
     let all: Vec<&Proxy> = fleet.proxies.iter().collect();
     assert_eq!(apply(&cp, &config(1, backend.addr, ""), None).await.0, 201);
     converge(&all, 1, Duration::from_secs(20)).await;
@@ -675,4 +681,43 @@ async fn operators_pause_resume_promote_abort_and_roll_back_from_the_cli() {
     let (code, out, _) = ctl(&cp, &["rollout", "list"]);
     assert_eq!(code, 0);
     assert!(out.contains("aborted"), "{out}");
+
+    // Stages select by label too.
+    let (_, nodes) = api(&cp, "GET", "/v1/nodes", None).await;
+    let ap2 = nodes["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["id"] == "ap-2")
+        .unwrap()
+        .clone();
+    assert_eq!(ap2["labels"], json!({"tier": "canary", "rack": "r7"}));
+    let v4 = write(dir.path(), "v4.kdl", &config(4, backend.addr, ""));
+    let (code, out, err) = ctl(
+        &cp,
+        &[
+            "apply",
+            v4.to_str().unwrap(),
+            "--stages",
+            "label:tier=canary,*",
+            "--bake",
+            "10m",
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    converge(&[fleet.get("ap-2")], 4, Duration::from_secs(10)).await;
+    let (_, list) = api(&cp, "GET", "/v1/rollouts", None).await;
+    let id = list["rollouts"][0]["id"].as_i64().unwrap();
+    assert_eq!(
+        admitted(&rollout(&cp, id).await),
+        BTreeSet::from(["ap-2".to_string()])
+    );
+    for p in &fleet.proxies {
+        if p.name != "ap-2" {
+            assert_eq!(running(p).await, Some(1), "{}", p.name);
+        }
+    }
+    let (code, _, _) = ctl(&cp, &["rollout", "abort", &id.to_string()]);
+    assert_eq!(code, 0);
+    converge(&all, 1, Duration::from_secs(10)).await;
 }
