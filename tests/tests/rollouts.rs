@@ -359,19 +359,52 @@ async fn a_good_config_reaches_the_fleet_in_three_stages_with_wait_showing_each(
     converge(&all, 1, Duration::from_secs(20)).await;
     let v2 = write(dir.path(), "v2.kdl", &config(2, backend.addr, ""));
     let started = Instant::now();
-    let (code, out, err) = ctl(
-        &cp,
-        &[
-            "apply",
-            v2.to_str().unwrap(),
-            "--stages",
-            "canary:1,eu,*",
-            "--bake",
-            "1s",
-            "--wait=60s",
-        ],
-    );
+    // Measures when the whole fleet runs v2, beside the CLI.
+    let admins: Vec<SocketAddr> = fleet.proxies.iter().map(|p| p.admin).collect();
+    let whole_fleet = tokio::spawn(async move {
+        let client = http();
+        loop {
+            let mut all_on = true;
+            for a in &admins {
+                let v: Value = match client.get(format!("http://{a}/admin/config")).send().await {
+                    Ok(r) => r.json().await.unwrap_or(Value::Null),
+                    Err(_) => Value::Null,
+                };
+                all_on &= v["version"]["number"] == 2;
+            }
+            if all_on || started.elapsed() > Duration::from_secs(60) {
+                return started.elapsed();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    let (url, token, file) = (cp.url(), cp.token.clone(), v2.display().to_string());
+    let (code, out, err) = tokio::task::spawn_blocking(move || {
+        let out = Command::new(workspace_bin("sentinelctl"))
+            .args(["--server", &url, "--token", &token])
+            .args([
+                "apply",
+                &file,
+                "--stages",
+                "canary:1,eu,*",
+                "--bake",
+                "1s",
+                "--wait=60s",
+            ])
+            .env("SENTINELCTL_CONFIG", "/nonexistent")
+            .env_remove("SENTINEL_TOKEN")
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    })
+    .await
+    .unwrap();
     let elapsed = started.elapsed();
+    let reached = whole_fleet.await.unwrap();
     assert_eq!(code, 0, "{out}\n{err}\n{}", cp.logs());
     for stage in [
         "stage 1/3 (canary:1)",
@@ -391,8 +424,8 @@ async fn a_good_config_reaches_the_fleet_in_three_stages_with_wait_showing_each(
     let (_, active) = api(&cp, "GET", "/v1/configs/active", None).await;
     assert_eq!(active["version"]["number"], 2);
     println!(
-        "good config, 3 stages (canary:1, eu, *), 1 s bake, 6 proxies: rollout completed in {took} ms \
-         (apply --wait returned after {elapsed:?})\n{err}"
+        "good config, 3 stages (canary:1, eu, *), 1 s bake, 6 proxies: whole fleet on v2 after {reached:?}, \
+         rollout completed (v2 active) in {took} ms, apply --wait returned after {elapsed:?}\n{err}"
     );
     // Stage metrics are exported.
     let metrics = http()
