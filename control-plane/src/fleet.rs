@@ -469,13 +469,20 @@ impl Fleet {
         Ok(())
     }
 
-    /// Every node's recent samples, oldest first.
-    pub fn samples(&self) -> BTreeMap<String, Vec<Sample>> {
+    /// Every node's samples taken at or after `since_unix_ms`, oldest first.
+    pub fn samples_since(&self, since_unix_ms: i64) -> BTreeMap<String, Vec<Sample>> {
         self.samples
             .lock()
             .map(|m| {
                 m.iter()
-                    .map(|(k, v)| (k.clone(), v.iter().cloned().collect()))
+                    .map(|(k, v)| {
+                        let recent = v
+                            .iter()
+                            .filter(|s| s.at_unix_ms >= since_unix_ms)
+                            .cloned()
+                            .collect();
+                        (k.clone(), recent)
+                    })
                     .collect()
             })
             .unwrap_or_default()

@@ -34,6 +34,9 @@ pub const DRIVER_LOCK: i64 = 7313;
 /// How often the open rollout is evaluated.
 pub const TICK: Duration = Duration::from_millis(200);
 
+/// How far before a stage's start its baseline reaches.
+pub const BASELINE: Duration = Duration::from_secs(60);
+
 /// Who acts in the audit trail when the driver moves a rollout.
 pub const ACTOR: &str = "rollout-driver";
 
@@ -171,7 +174,8 @@ pub async fn drive_once(fleet: &Fleet) -> Result<bool, StoreError> {
     let nodes: Vec<NodeView> = fleet.store.nodes().await?.iter().map(node_view).collect();
     let p = progress(&r, &admitted);
     let admitted_set: HashSet<String> = admitted.keys().cloned().collect();
-    let samples = fleet.samples();
+    // The stage's window, and up to a minute before it for the baseline.
+    let samples = fleet.samples_since(r.stage_started_at - BASELINE.as_millis() as i64);
     let to = r.summary.to_version;
     let gate = gates::evaluate(
         &plan.gates,
