@@ -288,6 +288,31 @@ async fn a_nack_in_the_canary_fails_the_rollout_and_nobody_else_receives_it() {
     println!(
         "NACK in the canary: rollout failed after {detected:?}, canary back on v1 after {back:?}"
     );
+
+    // `apply --wait` exits 1 naming the gate (and the node).
+    let dir = tempfile::tempdir().unwrap();
+    let v3 = write(dir.path(), "v3.kdl", &config(3, backend.addr, extra));
+    let (code, out, err) = ctl(
+        &cp,
+        &[
+            "apply",
+            v3.to_str().unwrap(),
+            "--canary",
+            "eu",
+            "--bake",
+            "1s",
+            "--wait=30s",
+        ],
+    );
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(
+        err.contains("failed at the `ack` gate (node eu-1)") && err.contains("cannot bind"),
+        "{err}"
+    );
+    let (code, out, _) = ctl(&cp, &["rollout", "status"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("failed") && out.contains("eu-1"), "{out}");
+    converge(&all, 1, Duration::from_secs(10)).await;
     drop(taken);
 }
 
