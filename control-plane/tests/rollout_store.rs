@@ -224,3 +224,74 @@ async fn a_failed_rollout_records_the_gate_and_a_rollback_aborts_an_open_one() {
     })
     .await;
 }
+
+/// What each replica serves comes from the store: an admitted node gets
+/// the rollout's version, every other node the active one; when the
+/// rollout fails its nodes get the active one again, and when one
+/// completes everyone gets its version (never the old one in between).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fleet_serves_each_node_what_the_stored_rollout_says() {
+    both(async |store: Store| {
+        use sentinel_cp::fleet::Fleet;
+        let fleet = Fleet::new(store.clone(), "r1".into(), "eu".into());
+        store.apply(version(1, "first")).await.unwrap();
+        fleet.refresh().await.unwrap();
+        let served = |node: &str| fleet.desired(node, &fleet.current()).number;
+        let (_, id) = store
+            .apply_staged(version(2, "staged"), plan(&["a"]))
+            .await
+            .unwrap();
+        let id = id.unwrap();
+        // Another replica learns of it from the store alone.
+        fleet.load_rollout().await.unwrap();
+        assert_eq!((served("a"), served("b")), (2, 1));
+        assert_eq!(fleet.rollout_view().id, id);
+        assert!(
+            store
+                .rollout_end(
+                    id,
+                    Some(0),
+                    true,
+                    "gate".into(),
+                    Some("ack".into()),
+                    Some("a".into()),
+                    "d".into()
+                )
+                .await
+                .unwrap()
+        );
+        fleet.load_rollout().await.unwrap();
+        assert_eq!((served("a"), served("b")), (1, 1));
+        assert_eq!(fleet.rollout_view().id, 0);
+
+        let (_, id) = store
+            .apply_staged(version(3, "good"), plan(&["a"]))
+            .await
+            .unwrap();
+        let id = id.unwrap();
+        fleet.load_rollout().await.unwrap();
+        assert_eq!((served("a"), served("b")), (3, 1));
+        assert!(
+            store
+                .rollout_advance(id, 0, vec!["b".into()], "d".into(), "passed".into())
+                .await
+                .unwrap()
+        );
+        fleet.load_rollout().await.unwrap();
+        assert_eq!((served("a"), served("b"), served("c")), (3, 3, 1));
+        let mut rx = fleet.subscribe_rollout();
+        rx.borrow_and_update();
+        assert!(
+            store
+                .rollout_complete(id, 1, "d".into(), "passed".into())
+                .await
+                .unwrap()
+        );
+        // Only the rollout's reload: it reloads the active version first.
+        fleet.load_rollout().await.unwrap();
+        assert_eq!(fleet.current().number, 3);
+        assert_eq!((served("a"), served("b"), served("c")), (3, 3, 3));
+        assert_eq!(fleet.rollout_view().id, 0);
+    })
+    .await;
+}
