@@ -101,6 +101,9 @@ pub struct NodeRecord {
     pub id: String,
     pub region: String,
     pub zone: String,
+    /// The labels the proxy announced (`--label key=value`).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
     pub build_version: String,
     /// The control-plane replica the node is (or was last) connected to.
     pub replica: String,
@@ -279,6 +282,11 @@ pub struct ApplyBody {
     /// Validate and diff against the active version; store nothing.
     #[serde(default)]
     pub dry_run: bool,
+    /// Roll the new version out stage by stage behind health gates instead
+    /// of activating it at once (see `/v1/rollouts`). Absent: apply
+    /// activates at once, as always.
+    #[serde(default)]
+    pub rollout: Option<RolloutPlan>,
 }
 
 /// A new version was stored and activated.
@@ -289,8 +297,13 @@ pub struct ApplyCreated {
     pub version: i64,
     /// The version active before, if any.
     pub previous: Option<i64>,
-    /// Content hash of the new active configuration.
+    /// Content hash of the new active configuration (with a rollout: of
+    /// the configuration that stays active until the rollout completes).
     pub hash: String,
+    /// The rollout that carries the new version to the fleet, when the
+    /// apply asked for stages; the version becomes active when it completes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<i64>,
 }
 
 /// The source is identical to the active version: nothing was stored.
@@ -724,7 +737,183 @@ pub struct TokenList {
     pub next_cursor: Option<String>,
 }
 
+// === rollouts: staged delivery of a version behind gates ===
+
+/// One stage of a rollout: which proxies it adds, and how long it bakes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutStage {
+    /// Which proxies: `*` (all), `N%` (a stable share: a node keeps its
+    /// place across rollouts), `canary:N` or `N` (the first N nodes in the
+    /// same stable order), `region:NAME` or a bare `NAME` (a region),
+    /// `zone:NAME`, `node:ID[+ID…]`. Nodes admitted by an earlier stage
+    /// stay admitted.
+    #[schema(example = "canary:1")]
+    pub select: String,
+    /// How long the stage's nodes run the new version, with every gate
+    /// holding, before the next stage starts (default: the plan's `bake_ms`).
+    #[serde(default, deserialize_with = "crate::integral")]
+    #[schema(minimum = 0, maximum = 86400000)]
+    pub bake_ms: Option<u64>,
+}
+
+/// Thresholds of a rollout's gates. Every field has a default.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutGates {
+    /// Fails a stage whose 5xx share exceeds the reference (the rest of the
+    /// fleet and the stage's own baseline, whichever is higher) by more
+    /// than this (0.05 = five percentage points).
+    #[serde(default, deserialize_with = "crate::number")]
+    #[schema(minimum = 0, maximum = 1)]
+    pub max_5xx_increase: Option<f64>,
+    /// Fails a stage whose p99 is above this many times the reference p99
+    /// (and above `p99_floor_ms`).
+    #[serde(default, deserialize_with = "crate::number")]
+    #[schema(minimum = 1, maximum = 1000)]
+    pub max_p99_ratio: Option<f64>,
+    /// A p99 below this never fails a stage (milliseconds).
+    #[serde(default, deserialize_with = "crate::integral")]
+    #[schema(minimum = 0, maximum = 3600000)]
+    pub p99_floor_ms: Option<u64>,
+    /// Requests a stage must have served since it ACKed before the
+    /// error-rate and latency gates judge it.
+    #[serde(default, deserialize_with = "crate::integral")]
+    #[schema(minimum = 1, maximum = 1000000000)]
+    pub min_requests: Option<u64>,
+    /// Fails a stage whose share of unhealthy upstream targets (from the
+    /// health reports) exceeds the reference share by more than this.
+    #[serde(default, deserialize_with = "crate::number")]
+    #[schema(minimum = 0, maximum = 1)]
+    pub max_unhealthy_increase: Option<f64>,
+    /// Fails a stage whose nodes have not all ACKed this long after it
+    /// started (milliseconds).
+    #[serde(default, deserialize_with = "crate::integral")]
+    #[schema(minimum = 1, maximum = 86400000)]
+    pub progress_deadline_ms: Option<u64>,
+}
+
+/// How a new version reaches the fleet: ordered stages and their gates.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"stages": [{"select": "canary:1"}, {"select": "eu-west"}, {"select": "*"}], "bake_ms": 1000}))]
+pub struct RolloutPlan {
+    /// 1 to 20 stages, in order; the last one usually selects `*`. The
+    /// version becomes active for the whole fleet when the last stage passed.
+    #[schema(min_items = 1, max_items = 20)]
+    pub stages: Vec<RolloutStage>,
+    /// Default bake time of a stage (milliseconds; default 10000).
+    #[serde(default, deserialize_with = "crate::integral")]
+    #[schema(minimum = 0, maximum = 86400000)]
+    pub bake_ms: Option<u64>,
+    #[serde(default)]
+    pub gates: Option<RolloutGates>,
+}
+
+/// A rollout as listed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RolloutSummary {
+    pub id: i64,
+    /// `running`, `paused`, `completed`, `failed` or `aborted`.
+    pub state: String,
+    /// The version the fleet ran before (and returns to on failure).
+    pub from_version: Option<i64>,
+    pub to_version: i64,
+    /// Index (0-based) of the current stage; the last one once completed.
+    pub stage: i64,
+    /// How many stages the plan has.
+    pub stages: i64,
+    pub actor: String,
+    pub message: String,
+    /// Why it ended, for people (failed: which node, which gate, the numbers).
+    pub reason: Option<String>,
+    /// Failed only: the gate that failed (`ack`, `error-rate`, `latency`,
+    /// `upstream-health`, `progress-deadline`).
+    pub failed_gate: Option<String>,
+    /// Failed only: the node the gate named, when one did.
+    pub failed_node: Option<String>,
+    pub created_at_unix_ms: i64,
+    pub updated_at_unix_ms: i64,
+}
+
+/// One stage of a rollout and how far it got.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RolloutStageStatus {
+    pub index: i64,
+    pub select: String,
+    pub bake_ms: u64,
+    /// `pending`, `rolling` (waiting for ACKs), `baking`, `paused`, `passed`,
+    /// `failed` or `aborted`.
+    pub state: String,
+    /// Nodes this stage admitted.
+    pub nodes: i64,
+    /// Of those, how many ACKed the new version.
+    pub acked: i64,
+}
+
+/// One node a rollout admitted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RolloutNode {
+    pub node: String,
+    /// The stage that admitted it.
+    pub stage: i64,
+    pub region: String,
+    pub zone: String,
+    /// `acked`, `nacked`, `waiting` (admitted, not answered yet) or
+    /// `returned` (the rollout ended without completing: served the
+    /// previous version again).
+    pub state: String,
+    pub acked_version: Option<i64>,
+}
+
+/// One thing that happened to a rollout.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RolloutEvent {
+    pub at_unix_ms: i64,
+    pub stage: Option<i64>,
+    /// `created`, `stage-started`, `stage-acked`, `stage-passed`, `gate`,
+    /// `paused`, `resumed`, `promoted`, `completed`, `failed`, `aborted`.
+    pub kind: String,
+    pub detail: String,
+}
+
+/// A rollout with its plan, stages, nodes and events.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RolloutDetail {
+    pub rollout: RolloutSummary,
+    pub plan: RolloutPlan,
+    pub stages: Vec<RolloutStageStatus>,
+    pub nodes: Vec<RolloutNode>,
+    /// Oldest first.
+    pub events: Vec<RolloutEvent>,
+}
+
+/// Rollouts, newest first.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RolloutList {
+    pub rollouts: Vec<RolloutSummary>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<i64>,
+}
+
 // === serde helpers ===
+
+/// `#[serde(deserialize_with = "number")]` for optional finite numbers.
+pub fn number<'de, D>(d: D) -> Result<Option<f64>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    use serde::Deserialize;
+    use serde::de::Error;
+    let Some(n) = Option::<serde_json::Number>::deserialize(d)? else {
+        return Ok(None);
+    };
+    n.as_f64()
+        .filter(|f| f.is_finite())
+        .map(Some)
+        .ok_or_else(|| D::Error::custom(format!("expected a number, got {n}")))
+}
 
 /// `#[serde(deserialize_with = "integral")]` for optional integer fields:
 /// JSON Schema counts `5.0` as an integer, serde does not. A number with no

@@ -1,6 +1,8 @@
 //! `sentinelctl apply FILE`: validate locally (same diagnostics as the
 //! server), show the diff against the active version, apply, and optionally
-//! wait for the fleet.
+//! wait for the fleet. With `--stages`/`--canary` the version is rolled
+//! out stage by stage behind gates (`rollout.rs`), and `--wait` follows
+//! the rollout's stages.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -27,9 +29,12 @@ pub struct Args {
     /// Wait until every connected proxy runs the new version (default 60s).
     #[arg(long, value_name = "DUR", num_args = 0..=1, default_missing_value = "60s", value_parser = crate::wait::parse_duration)]
     wait: Option<Duration>,
+    #[command(flatten)]
+    plan: crate::rollout::PlanArgs,
 }
 
 pub async fn run(client: &Client, format: Format, args: &Args) -> Result<(), CliError> {
+    let rollout_plan = args.plan.plan()?;
     let file_name = args.file.display().to_string();
     let source = std::fs::read_to_string(&args.file)
         .map_err(|e| CliError::Failed(format!("cannot read {file_name}: {e}")))?;
@@ -43,6 +48,7 @@ pub async fn run(client: &Client, format: Format, args: &Args) -> Result<(), Cli
         author: None,
         expect_version: None,
         dry_run: true,
+        rollout: None,
     });
     let (status, plan) = client
         .request(Method::POST, "/v1/configs", Some(&dry_run), &[])
@@ -74,6 +80,7 @@ pub async fn run(client: &Client, format: Format, args: &Args) -> Result<(), Cli
         author: None,
         expect_version: args.expect_version,
         dry_run: false,
+        rollout: rollout_plan,
     });
     let headers: Vec<(&str, String)> = args
         .expect_version
@@ -92,8 +99,11 @@ pub async fn run(client: &Client, format: Format, args: &Args) -> Result<(), Cli
         }
         _ => return Err(CliError::Failed(message(&result))),
     }
+    let mut rollout = None;
     let (version, unchanged) = if status == StatusCode::CREATED {
-        (typed::<ApplyCreated>(&result)?.version, None)
+        let created = typed::<ApplyCreated>(&result)?;
+        rollout = created.rollout;
+        (created.version, None)
     } else {
         match typed::<ApplyNothingStored>(&result)? {
             ApplyNothingStored::Unchanged(u) => (u.version, Some(u.message)),
@@ -106,11 +116,22 @@ pub async fn run(client: &Client, format: Format, args: &Args) -> Result<(), Cli
     };
     match (format, unchanged) {
         (Format::Json, _) => render::json(&result),
-        (Format::Table, None) => println!("{}", green(&format!("applied as v{version}"))),
+        (Format::Table, None) => match rollout {
+            Some(id) => println!(
+                "{}",
+                green(&format!(
+                    "stored as v{version}; rollout {id} started (sentinelctl rollout status {id})"
+                ))
+            ),
+            None => println!("{}", green(&format!("applied as v{version}"))),
+        },
         (Format::Table, Some(message)) => println!("{message}"),
     }
     if let Some(timeout) = args.wait {
-        crate::wait::wait(client, version, timeout).await?;
+        match rollout {
+            Some(id) => crate::rollout::follow(client, id, timeout).await?,
+            None => crate::wait::wait(client, version, timeout).await?,
+        }
     }
     Ok(())
 }

@@ -11,6 +11,7 @@ mod endpoints;
 mod fleet;
 mod render;
 mod rollback;
+mod rollout;
 mod token;
 mod validate;
 mod wait;
@@ -27,6 +28,10 @@ Examples:
   sentinelctl validate sentinel.kdl
   sentinelctl apply sentinel.kdl -m 'add the payments route' --wait
   sentinelctl apply sentinel.kdl --dry-run
+  sentinelctl apply sentinel.kdl --stages 'canary:1,eu-west,*' --bake 30s --wait=5m
+  sentinelctl apply sentinel.kdl --canary 10% --wait=5m
+  sentinelctl rollout status
+  sentinelctl rollout abort
   sentinelctl status
   sentinelctl rollback --wait=2m
   sentinelctl diff 41 42
@@ -62,8 +67,11 @@ struct Cli {
 enum Command {
     /// Validate locally, show the diff against the active version, apply.
     Apply(apply::Args),
-    /// Re-activate the previous version (or --to N).
+    /// Re-activate the previous version (or --to N); during a rollout, abort it.
     Rollback(rollback::Args),
+    /// Staged rollouts: status, promote, pause, resume, abort, list.
+    #[command(subcommand)]
+    Rollout(rollout::Command),
     /// Active version, nodes per region and version, NACKs, disconnected nodes.
     Status,
     /// Every proxy: region, zone, connection, version, last NACK.
@@ -126,6 +134,7 @@ fn main() -> ExitCode {
         match command {
             Command::Apply(args) => apply::run(&client, format, &args).await,
             Command::Rollback(args) => rollback::run(&client, format, &args).await,
+            Command::Rollout(command) => rollout::run(&client, format, &command).await,
             Command::Status => fleet::status(&client, format).await,
             Command::Nodes => fleet::nodes(&client, format).await,
             Command::History => fleet::history(&client, format).await,

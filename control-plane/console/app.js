@@ -403,7 +403,7 @@ async function rollouts() {
         : h("p", { class: "muted" }, "No staged rollout yet: `sentinelctl apply FILE --stages \"canary:1,*\"` starts one."));
   };
   await render();
-  leave = onEvents(["fleet"], () => render().catch(() => {}));
+  leave = onEvents(["fleet", "rollout"], () => render().catch(() => {}));
 }
 
 function stateClass(state) {
@@ -459,7 +459,7 @@ async function rollout(id) {
       h("ol", { id: "rollout-events" }, d.events.map((e) => h("li", {}, `${time(e.at_unix_ms)} — ${e.kind}${e.stage != null ? " (stage " + (e.stage + 1) + ")" : ""}: ${e.detail}`))));
   };
   await render();
-  leave = onEvents(["fleet"], () => render().catch(() => {}));
+  leave = onEvents(["fleet", "rollout"], () => render().catch(() => {}));
 }
 
 async function convergence(id) {

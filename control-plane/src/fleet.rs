@@ -16,13 +16,14 @@
 //! number and reaches proxies as an endpoints-only delta. The overlay is
 //! kept across activations: a rollback keeps the discovered endpoints.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use sentinel_proto as pb;
 use tokio::sync::watch;
 
 pub use crate::changes::{ActiveConfig, EndpointSet, Epoch, NodeUpdate};
+use crate::rollouts::gates::Sample;
 use crate::store::{Store, StoreError};
 
 /// One proxy's last health report.
@@ -132,6 +133,32 @@ pub struct Fleet {
     pub sessions: Mutex<Sessions>,
     /// Proxies connected fleet-wide, as the poll last counted them.
     fleet_size: std::sync::atomic::AtomicU32,
+    /// What the open rollout serves, and to whom (`rollouts/`).
+    rollout: watch::Sender<Arc<RolloutView>>,
+    /// The open rollout's stored version (before the overlay) and its
+    /// admitted nodes, as last loaded from the store.
+    rollout_base: Mutex<Option<LoadedRollout>>,
+    /// Serialises loads of the open rollout.
+    rollout_lock: tokio::sync::Mutex<()>,
+    /// Each node's recent traffic and health samples (the rollout gates').
+    samples: Mutex<HashMap<String, VecDeque<Sample>>>,
+}
+
+/// The open rollout as loaded: its id, its stored version, its admitted nodes.
+type LoadedRollout = (i64, Arc<Base>, HashSet<String>);
+
+/// Samples kept per node (about two minutes at one report a second).
+pub const SAMPLES_PER_NODE: usize = 120;
+
+/// What the open rollout serves: its version's effective configuration to
+/// the admitted nodes; every other node gets the active configuration.
+#[derive(Debug, Default)]
+pub struct RolloutView {
+    /// The rollout (0: none open).
+    pub id: i64,
+    /// The effective configuration of the rollout's version.
+    pub target: Option<Arc<ActiveConfig>>,
+    pub admitted: HashSet<String>,
 }
 
 impl Fleet {
@@ -155,6 +182,10 @@ impl Fleet {
             health: Mutex::new(HashMap::new()),
             sessions: Mutex::new(Sessions::default()),
             fleet_size: std::sync::atomic::AtomicU32::new(0),
+            rollout: watch::channel(Arc::new(RolloutView::default())).0,
+            rollout_base: Mutex::new(None),
+            rollout_lock: tokio::sync::Mutex::new(()),
+            samples: Mutex::new(HashMap::new()),
         })
     }
 
@@ -284,7 +315,20 @@ impl Fleet {
         let Ok(_one) = self.rebuild_lock.lock() else {
             return false;
         };
-        let base = self.base();
+        let next = self.effective(&self.base());
+        self.publish_rollout();
+        let current = self.current();
+        if next.number == current.number && next.hash == current.hash {
+            return false;
+        }
+        tracing::debug!(version = next.number, hash = %&next.hash[..12.min(next.hash.len())], "effective configuration changed");
+        metrics::counter!("sentinel_cp_effective_rebuilds_total").increment(1);
+        self.active.send_replace(next);
+        true
+    }
+
+    /// `base` with the overlay applied: discovered endpoints and fleet-health marks.
+    fn effective(&self, base: &Base) -> Arc<ActiveConfig> {
         let kind = pb::ResourceType::Endpoints as i32;
         let mut replaced: Vec<(usize, pb::Resource)> = match self.endpoints.lock() {
             Ok(held) => base
@@ -320,19 +364,128 @@ impl Fleet {
                 replaced.push((i, marked));
             }
         }
-        let next = if replaced.is_empty() {
+        if replaced.is_empty() {
             Arc::clone(&base.config)
         } else {
             Arc::new(ActiveConfig::overlaid(&base.config, replaced))
-        };
-        let current = self.current();
-        if next.number == current.number && next.hash == current.hash {
-            return false;
         }
-        tracing::debug!(version = next.number, hash = %&next.hash[..12.min(next.hash.len())], "effective configuration changed");
-        metrics::counter!("sentinel_cp_effective_rebuilds_total").increment(1);
-        self.active.send_replace(next);
-        true
+    }
+
+    /// Recomputes the open rollout's view from its base and the overlay;
+    /// publishes it when the target, the admitted nodes or the rollout
+    /// changed. Called under the rebuild lock.
+    fn publish_rollout(&self) {
+        let loaded = self.rollout_base.lock().ok().and_then(|b| b.clone());
+        let next = match loaded {
+            None => RolloutView::default(),
+            Some((id, base, admitted)) => RolloutView {
+                id,
+                target: Some(self.effective(&base)),
+                admitted,
+            },
+        };
+        let current = self.rollout.borrow().clone();
+        let same = current.id == next.id
+            && current.admitted == next.admitted
+            && current.target.as_ref().map(|t| (t.number, &t.hash))
+                == next.target.as_ref().map(|t| (t.number, &t.hash));
+        if !same {
+            self.rollout.send_replace(Arc::new(next));
+        }
+    }
+
+    pub fn rollout_view(&self) -> Arc<RolloutView> {
+        self.rollout.borrow().clone()
+    }
+
+    pub fn subscribe_rollout(&self) -> watch::Receiver<Arc<RolloutView>> {
+        self.rollout.subscribe()
+    }
+
+    /// What `node` should run: the open rollout's version when the rollout
+    /// admitted it (and it is not the active one already), else `active`.
+    pub fn desired(&self, node: &str, active: &Arc<ActiveConfig>) -> Arc<ActiveConfig> {
+        let view = self.rollout.borrow();
+        match &view.target {
+            Some(t) if t.number != active.number && view.admitted.contains(node) => Arc::clone(t),
+            _ => Arc::clone(active),
+        }
+    }
+
+    /// Loads the open rollout (its version and admitted nodes) from the
+    /// store and publishes what it serves. When none is open any more, the
+    /// active version is reloaded *first* (a completed rollout activated
+    /// its version), so an admitted node is never offered the old version
+    /// in between.
+    pub async fn load_rollout(&self) -> Result<(), StoreError> {
+        let _one = self.rollout_lock.lock().await;
+        let open = self.store.open_rollout().await?;
+        let Some(open) = open else {
+            let had = self.rollout_base.lock().is_ok_and(|b| b.is_some());
+            if had {
+                self.refresh().await?;
+                if let Ok(mut b) = self.rollout_base.lock() {
+                    *b = None;
+                }
+                if let Ok(_one) = self.rebuild_lock.lock() {
+                    self.publish_rollout();
+                }
+            }
+            crate::telemetry::rollout_stage(None);
+            return Ok(());
+        };
+        let admitted: HashSet<String> = self
+            .store
+            .rollout_nodes(open.id())
+            .await?
+            .into_keys()
+            .collect();
+        let to = open.summary.to_version;
+        let known = self
+            .rollout_base
+            .lock()
+            .ok()
+            .and_then(|b| b.as_ref().map(|(_, base, _)| Arc::clone(base)))
+            .filter(|b| b.config.number == to);
+        let base = match known {
+            Some(b) => b,
+            None => {
+                let stored = self.store.version(to).await?;
+                let mut resources = stored.resources;
+                resources.sort_by(|a, b| (a.r#type, &a.name).cmp(&(b.r#type, &b.name)));
+                Arc::new(Base::new(
+                    Arc::new(ActiveConfig::new(to, resources)),
+                    stored.record.hash,
+                ))
+            }
+        };
+        if let Ok(mut b) = self.rollout_base.lock() {
+            *b = Some((open.id(), base, admitted));
+        }
+        if let Ok(_one) = self.rebuild_lock.lock() {
+            self.publish_rollout();
+        }
+        crate::telemetry::rollout_stage(Some(open.summary.stage));
+        Ok(())
+    }
+
+    /// Every node's samples taken at or after `since_unix_ms`, oldest first.
+    pub fn samples_since(&self, since_unix_ms: i64) -> BTreeMap<String, Vec<Sample>> {
+        self.samples
+            .lock()
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| {
+                        let recent = v
+                            .iter()
+                            .filter(|s| s.at_unix_ms >= since_unix_ms)
+                            .cloned()
+                            .collect();
+                        (k.clone(), recent)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// Replaces the fleet-health marks (call [`Fleet::rebuild`] after).
@@ -386,7 +539,36 @@ impl Fleet {
     }
 
     /// Keeps the latest report of `node`'s health stream `epoch`.
-    pub fn report_health(&self, node: &str, epoch: Epoch, targets: Vec<pb::TargetHealthReport>) {
+    pub fn report_health(&self, node: &str, epoch: Epoch, report: pb::HealthReport) {
+        let (requests, errors_5xx, weighted) =
+            report.routes.iter().fold((0u64, 0u64, 0u128), |acc, r| {
+                (
+                    acc.0.saturating_add(r.requests),
+                    acc.1.saturating_add(r.errors_5xx.min(r.requests)),
+                    acc.2 + u128::from(r.p99_ms.min(3_600_000)) * u128::from(r.requests),
+                )
+            });
+        let sample = Sample {
+            at_unix_ms: crate::store::now_ms(),
+            version: i64::try_from(report.version_number).unwrap_or(0),
+            requests,
+            errors_5xx,
+            p99_ms: if requests == 0 {
+                0
+            } else {
+                (weighted / u128::from(requests)) as u64
+            },
+            targets: report.targets.len() as u64,
+            unhealthy: report.targets.iter().filter(|t| !t.healthy).count() as u64,
+        };
+        if let Ok(mut m) = self.samples.lock() {
+            let ring = m.entry(node.to_string()).or_default();
+            if ring.len() == SAMPLES_PER_NODE {
+                ring.pop_front();
+            }
+            ring.push_back(sample);
+        }
+        let targets = report.targets;
         let region = self
             .sessions
             .lock()

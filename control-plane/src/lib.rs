@@ -3,6 +3,8 @@
 //! - `store/` — versions, activations, nodes, tokens, audit (PostgreSQL or
 //!   SQLite through one implementation);
 //! - `rollout` — apply (validate + compile + store + activate) and rollback;
+//! - `rollouts/` — staged rollouts: plans, gates, the state machine and
+//!   its driver;
 //! - `fleet` — the active configuration shared by every stream, sessions,
 //!   health reports;
 //! - `health` — fleet health: the quorum over proxies' reports, and the
@@ -26,6 +28,7 @@ pub mod health;
 pub mod identity;
 pub mod notify;
 pub mod rollout;
+pub mod rollouts;
 pub mod server;
 pub mod store;
 pub mod stream;

@@ -2,7 +2,8 @@
 //! changes it: PostgreSQL LISTEN/NOTIFY for speed, plus a poll that catches
 //! anything missed (a dropped listener connection, SQLite). The same two
 //! paths carry discovered endpoint sets from the discovery leader
-//! (`sentinel_endpoints`) to the replicas that do not lead.
+//! (`sentinel_endpoints`) to the replicas that do not lead, and changes of
+//! the open rollout (`sentinel_rollout`) to every replica.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +25,9 @@ pub fn spawn(fleet: Arc<Fleet>, poll: Duration) {
             if let Err(e) = crate::discovery::load(&fleet).await {
                 tracing::debug!(error = %e, "poll of the discovered endpoints failed");
             }
+            if let Err(e) = fleet.load_rollout().await {
+                tracing::debug!(error = %e, "poll of the open rollout failed");
+            }
             match fleet.store.connected_nodes().await {
                 Ok(n) => fleet.set_fleet_size(n),
                 Err(e) => tracing::debug!(error = %e, "poll of the fleet's size failed"),
@@ -37,7 +41,11 @@ async fn listen(fleet: Arc<Fleet>) {
         match sqlx::postgres::PgListener::connect(&fleet.store.url).await {
             Ok(mut listener) => {
                 if let Err(e) = listener
-                    .listen_all(["sentinel_activation", "sentinel_endpoints"])
+                    .listen_all([
+                        "sentinel_activation",
+                        "sentinel_endpoints",
+                        "sentinel_rollout",
+                    ])
                     .await
                 {
                     tracing::warn!(error = %e, "LISTEN failed");
@@ -47,6 +55,11 @@ async fn listen(fleet: Arc<Fleet>) {
                             Ok(n) if n.channel() == "sentinel_endpoints" => {
                                 if let Err(e) = crate::discovery::load(&fleet).await {
                                     tracing::warn!(error = %e, "cannot load discovered endpoints after a notification");
+                                }
+                            }
+                            Ok(n) if n.channel() == "sentinel_rollout" => {
+                                if let Err(e) = fleet.load_rollout().await {
+                                    tracing::warn!(error = %e, "cannot load the open rollout after a notification");
                                 }
                             }
                             Ok(n) => {

@@ -35,6 +35,9 @@ pub enum RolloutError {
     /// The compiler itself failed (a bug, never the document's fault).
     #[error("the configuration compiler failed: {0}")]
     CompileFailed(String),
+    /// The rollout plan of a staged apply is not valid.
+    #[error("invalid rollout plan: {0}")]
+    Plan(String),
 }
 
 /// Longest the API waits for one compilation (including its turn), unless
@@ -161,6 +164,10 @@ async fn refresh(fleet: &Arc<Fleet>) {
     if let Err(e) = fleet.refresh().await {
         // Stored and committed; the poll will pick it up.
         tracing::warn!(error = %e, "cannot reload the active configuration after a change");
+    }
+    // A rollback may have aborted the open rollout.
+    if let Err(e) = fleet.load_rollout().await {
+        tracing::warn!(error = %e, "cannot reload the open rollout after a change");
     }
 }
 

@@ -83,7 +83,11 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     if let Err(e) = crate::discovery::load(&fleet).await {
         tracing::warn!(error = %e, "cannot load the discovered endpoints yet");
     }
+    if let Err(e) = fleet.load_rollout().await {
+        tracing::warn!(error = %e, "cannot load the open rollout yet");
+    }
     crate::notify::spawn(Arc::clone(&fleet), settings.poll);
+    crate::rollouts::driver::spawn(Arc::clone(&fleet));
     let discovered = crate::discovery::intake(Arc::clone(&fleet));
     crate::discovery::leader::spawn(Arc::clone(&fleet), discovered);
     crate::health::spawn(Arc::clone(&fleet), settings.health_quorum_percent);

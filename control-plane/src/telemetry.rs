@@ -26,6 +26,11 @@ pub const METRICS: &[&str] = &[
     "sentinel_cp_discovery_store_queued",
     "sentinel_cp_discovery_store_writes_total",
     "sentinel_cp_fleet_health_marked_down",
+    "sentinel_cp_rollout_stage",
+    "sentinel_cp_rollout_gate_decisions_total",
+    "sentinel_cp_rollout_stage_seconds",
+    "sentinel_cp_rollouts_total",
+    "sentinel_cp_rollout_leader",
     // Registered by the sentinel-discovery crate under `discovery::METRIC_PREFIX`.
     "sentinel_cp_discovery_targets",
     "sentinel_cp_discovery_refresh_total",
@@ -46,6 +51,12 @@ pub fn metrics() -> PrometheusHandle {
                     Matcher::Full("sentinel_cp_convergence_seconds".into()),
                     &buckets,
                 )
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full("sentinel_cp_rollout_stage_seconds".into()),
+                        &buckets,
+                    )
+                })
                 .unwrap_or_else(|_| PrometheusBuilder::new());
             match builder.install_recorder() {
                 Ok(h) => h,
@@ -70,6 +81,11 @@ pub fn spawn_upkeep() {
 pub fn connected(region: &str, nodes: usize) {
     metrics::gauge!("sentinel_cp_connected_nodes", "region" => region.to_string())
         .set(nodes as f64);
+}
+
+/// Publishes the open rollout's current stage (1-based; 0: none open).
+pub fn rollout_stage(stage: Option<i64>) {
+    metrics::gauge!("sentinel_cp_rollout_stage").set(stage.map_or(0.0, |s| (s + 1) as f64));
 }
 
 pub fn init_logging() {

@@ -121,6 +121,7 @@ async fn report_as(
             since_unix_ms: 1,
             last_error: format!("reported as {id}"),
         }],
+        ..Default::default()
     })
     .await
     .unwrap();

@@ -136,6 +136,7 @@ async fn config(State(a): State<Admin>, Query(q): Query<ConfigQuery>) -> Respons
     }
     axum::Json(json!({
         "version": rt.version,
+        "history": a.proxy.history(),
         "summary": rt.snapshot.summary(),
         "workers": a.proxy.workers.view(),
         "logging": crate::telemetry::logging_view(),

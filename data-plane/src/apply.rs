@@ -32,7 +32,13 @@ pub struct Proxy {
     /// The worker threads this process runs, and what the live config asks.
     pub workers: Workers,
     apply_lock: Mutex<()>,
+    /// The newest [`HISTORY`] configurations that went live, oldest first
+    /// (`/admin/config` shows them: which versions this proxy ever ran).
+    history: Mutex<std::collections::VecDeque<ConfigVersion>>,
 }
+
+/// How many applied configurations [`Proxy::history`] keeps.
+pub const HISTORY: usize = 64;
 
 /// Work that went to the blocking pool and never came back (it panicked).
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +65,7 @@ impl Proxy {
             shared,
             workers,
             apply_lock: Mutex::new(()),
+            history: Mutex::new(std::collections::VecDeque::new()),
         }
     }
 
@@ -104,6 +111,12 @@ impl Proxy {
         };
         let runtime = Arc::new(runtime);
         self.shared.runtime.store(Some(Arc::clone(&runtime)));
+        if let Ok(mut h) = self.history.lock() {
+            if h.len() == HISTORY {
+                h.pop_front();
+            }
+            h.push_back(runtime.version.clone());
+        }
         self.listeners.commit(&runtime, plan);
         crate::telemetry::apply_logging(
             runtime
@@ -126,6 +139,14 @@ impl Proxy {
             "configuration applied"
         );
         Ok(runtime)
+    }
+
+    /// The configurations that went live, oldest first (at most [`HISTORY`]).
+    pub fn history(&self) -> Vec<ConfigVersion> {
+        self.history
+            .lock()
+            .map(|h| h.iter().cloned().collect())
+            .unwrap_or_default()
     }
 
     pub fn runtime(&self) -> Option<Arc<Runtime>> {

@@ -31,6 +31,15 @@ struct Flags {
     /// Zone of this proxy.
     #[arg(long, env = "SENTINEL_ZONE")]
     zone: Option<String>,
+    /// A label announced to the control plane, `KEY=VALUE` (repeatable;
+    /// staged rollouts select by them: `label:KEY=VALUE`).
+    #[arg(
+        long = "label",
+        value_name = "KEY=VALUE",
+        env = "SENTINEL_LABELS",
+        value_delimiter = ','
+    )]
+    labels: Vec<String>,
     /// Directory of the last-good config cache.
     #[arg(long, env = "SENTINEL_CACHE_DIR")]
     cache_dir: Option<PathBuf>,
@@ -256,7 +265,15 @@ fn control_plane_mode(flags: Flags) -> ExitCode {
         region: flags.region.clone().unwrap_or_else(|| "default".into()),
         zone: flags.zone.clone().unwrap_or_else(|| "default".into()),
         build_version: env!("CARGO_PKG_VERSION").into(),
-        labels: vec![],
+        labels: flags
+            .labels
+            .iter()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| sentinel_proto::Label {
+                key: k.trim().to_string(),
+                value: v.trim().to_string(),
+            })
+            .collect(),
     };
     let urls = flags.control_plane.clone();
     serve(

@@ -34,6 +34,90 @@ enum HostPattern {
 pub struct RouteMetrics {
     duration: std::sync::OnceLock<metrics::Histogram>,
     statuses: [std::sync::OnceLock<metrics::Counter>; COMMON_STATUSES.len()],
+    /// Counters since the last health report (what the control plane's
+    /// rollout gates compare): three relaxed atomic adds per request.
+    pub traffic: RouteTraffic,
+}
+
+/// Upper bounds (milliseconds) of the latency buckets behind a reported
+/// p99; the last bucket is open.
+pub const LATENCY_BUCKETS_MS: [u64; 15] = [
+    1,
+    2,
+    5,
+    10,
+    20,
+    50,
+    100,
+    200,
+    500,
+    1_000,
+    2_000,
+    5_000,
+    10_000,
+    30_000,
+    u64::MAX,
+];
+
+/// One route's requests, 5xx answers and latency histogram since they were
+/// last taken ([`RouteTraffic::take`], by the health reporter).
+#[derive(Debug, Default)]
+pub struct RouteTraffic {
+    requests: std::sync::atomic::AtomicU64,
+    errors_5xx: std::sync::atomic::AtomicU64,
+    buckets: [std::sync::atomic::AtomicU64; LATENCY_BUCKETS_MS.len()],
+}
+
+/// What [`RouteTraffic::take`] returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TrafficSample {
+    pub requests: u64,
+    pub errors_5xx: u64,
+    /// Upper bound of the bucket holding the 99th percentile (0: no requests).
+    pub p99_ms: u64,
+}
+
+impl RouteTraffic {
+    pub fn record(&self, status: u16, seconds: f64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.requests.fetch_add(1, Relaxed);
+        if status >= 500 {
+            self.errors_5xx.fetch_add(1, Relaxed);
+        }
+        let ms = (seconds * 1000.0) as u64;
+        let i = LATENCY_BUCKETS_MS
+            .iter()
+            .position(|b| ms < *b || *b == u64::MAX)
+            .unwrap_or(LATENCY_BUCKETS_MS.len() - 1);
+        self.buckets[i].fetch_add(1, Relaxed);
+    }
+
+    /// Takes the counters and starts again from zero.
+    pub fn take(&self) -> TrafficSample {
+        use std::sync::atomic::Ordering::Relaxed;
+        let counts: Vec<u64> = self.buckets.iter().map(|b| b.swap(0, Relaxed)).collect();
+        let requests = self.requests.swap(0, Relaxed);
+        let errors_5xx = self.errors_5xx.swap(0, Relaxed);
+        let total: u64 = counts.iter().sum();
+        let mut p99_ms = 0;
+        if total > 0 {
+            // The smallest bucket holding at least 99% of the requests.
+            let need = total - total / 100;
+            let mut seen = 0;
+            for (i, c) in counts.iter().enumerate() {
+                seen += c;
+                if seen >= need {
+                    p99_ms = LATENCY_BUCKETS_MS[i].min(60_000);
+                    break;
+                }
+            }
+        }
+        TrafficSample {
+            requests,
+            errors_5xx,
+            p99_ms,
+        }
+    }
 }
 
 const COMMON_STATUSES: [u16; 16] = [
@@ -51,6 +135,7 @@ impl RouteMetrics {
             None => metrics::counter!("sentinel_requests_total", "route" => route.to_string(), "status" => status.to_string()),
         };
         counter.increment(1);
+        self.traffic.record(status, seconds);
         self.duration
             .get_or_init(|| metrics::histogram!("sentinel_request_duration_seconds", "route" => route.to_string()))
             .record(seconds);
@@ -269,6 +354,29 @@ impl Router {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn route_traffic_counts_5xx_and_takes_the_p99_bucket() {
+        let t = RouteTraffic::default();
+        assert_eq!(t.take(), TrafficSample::default());
+        for _ in 0..98 {
+            t.record(200, 0.003);
+        }
+        t.record(502, 0.150);
+        t.record(503, 0.150);
+        let s = t.take();
+        assert_eq!((s.requests, s.errors_5xx), (100, 2));
+        // 99 of 100 requests are needed: the 99th is in the 100-200 ms bucket.
+        assert_eq!(s.p99_ms, 200);
+        assert_eq!(
+            t.take(),
+            TrafficSample::default(),
+            "take starts again from zero"
+        );
+        t.record(200, 0.0001);
+        assert_eq!(t.take().p99_ms, 1);
+    }
+
     use super::*;
 
     fn router(doc: &str) -> Router {

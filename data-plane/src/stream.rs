@@ -456,9 +456,25 @@ async fn report_health(
     // own so that it keeps going while the answers are read.
     let sender = tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
+        let mut last = tokio::time::Instant::now();
         loop {
             tick.tick().await;
             let Some(rt) = proxy.runtime() else { continue };
+            let interval_ms = last.elapsed().as_millis() as u64;
+            last = tokio::time::Instant::now();
+            let routes: Vec<pb::RouteStats> = rt
+                .router
+                .iter()
+                .filter_map(|r| {
+                    let s = r.metrics.traffic.take();
+                    (s.requests > 0).then(|| pb::RouteStats {
+                        route: r.name.to_string(),
+                        requests: s.requests,
+                        errors_5xx: s.errors_5xx,
+                        p99_ms: s.p99_ms,
+                    })
+                })
+                .collect();
             let mut targets = Vec::new();
             for u in rt.upstreams.values() {
                 if !u.health_cfg.enabled {
@@ -479,6 +495,10 @@ async fn report_health(
                 .send(pb::HealthReport {
                     node_id: node_id.clone(),
                     targets,
+                    routes,
+                    interval_ms,
+                    version_number: rt.version.number,
+                    config_version: rt.version.hash.clone(),
                 })
                 .await
                 .is_err()

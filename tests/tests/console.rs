@@ -215,15 +215,63 @@ async fn the_console_follows_the_fleet_and_rolls_it_back() {
         "{audit}"
     );
 
+    // A staged rollout: eu-1 first with a long bake, then everyone. The
+    // rollout page shows the stage baking; Promote (write role) moves it on
+    // and the rollout completes.
+    let source = sentinel_tests::versioned_config(3, backend.addr, "");
+    let plan = json!({ "stages": [{ "select": "node:eu-1", "bake_ms": 600000 }, { "select": "*", "bake_ms": 0 }] });
+    let (status, created) = call(
+        &cp,
+        "POST",
+        "/v1/configs",
+        json!({ "source": source, "message": "staged", "rollout": plan }),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    let rollout = created["rollout"].as_i64().expect("a rollout id");
+    converge(&[&eu1], "v3").await;
+    b.client
+        .goto(&format!("{}/ui/#/rollout/{rollout}", cp.url()))
+        .await
+        .unwrap();
+    assert!(
+        b.until(WAIT, "const s = document.querySelector('[data-stage=\"0\"]'); return !!s && s.dataset.state === 'baking';").await,
+        "stage 1 is not shown baking: {}",
+        b.client.source().await.unwrap_or_default()
+    );
+    assert_eq!(
+        served(&us1).await.as_deref(),
+        Some("v1"),
+        "outside the canary"
+    );
+    b.screenshot("rollout").await;
+    b.click("#promote").await;
+    converge(&all, "v3").await;
+    assert!(
+        b.until(WAIT, "const s = document.getElementById('rollout-state'); return !!s && s.textContent.startsWith('completed');").await,
+        "the rollout page did not follow to completion: {}",
+        b.client.source().await.unwrap_or_default()
+    );
+    b.client
+        .goto(&format!("{}/ui/#/rollouts", cp.url()))
+        .await
+        .unwrap();
+    let listed = format!(
+        "const r = document.querySelector('[data-rollout=\"{rollout}\"]'); return !!r && r.dataset.state === 'completed';"
+    );
+    assert!(b.until(WAIT, &listed).await, "the rollouts list");
+    b.screenshot("rollouts").await;
+
     // A NACKing node shows its reason.
     apply(
         &cp,
-        3,
+        4,
         backend.addr,
         "    listener \"extra\" { address \"${EXTRA_ADDR:-127.0.0.1:0}\"; }",
     )
     .await;
-    converge(&[&eu1, &eu2], "v3").await;
+    converge(&[&eu1, &eu2], "v4").await;
+
     b.client
         .goto(&format!("{}/ui/#/fleet", cp.url()))
         .await
@@ -242,13 +290,13 @@ async fn the_console_follows_the_fleet_and_rolls_it_back() {
     );
     b.screenshot("fleet-nack").await;
 
-    // Convergence of the last activation: eu-1 and eu-2 hold v3, us-1 not.
+    // Convergence of the last activation: eu-1 and eu-2 hold v4, us-1 not.
     b.client
         .goto(&format!("{}/ui/#/convergence", cp.url()))
         .await
         .unwrap();
     assert!(
-        b.until(WAIT, "const c = document.getElementById('converged'); return !!c && c.textContent.startsWith('2 of 3 nodes held v3');").await,
+        b.until(WAIT, "const c = document.getElementById('converged'); return !!c && c.textContent.startsWith('2 of 3 nodes held v4');").await,
         "convergence: {}",
         b.client.source().await.unwrap_or_default()
     );
@@ -266,7 +314,7 @@ async fn the_console_follows_the_fleet_and_rolls_it_back() {
     assert!(
         b.until(
             WAIT,
-            "return document.querySelectorAll('#versions [data-version]').length === 3;"
+            "return document.querySelectorAll('#versions [data-version]').length === 4;"
         )
         .await
     );

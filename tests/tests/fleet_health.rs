@@ -87,6 +87,7 @@ fn report(node: &str, target: &str, healthy: bool) -> pb::HealthReport {
                 "connection refused".into()
             },
         }],
+        ..Default::default()
     }
 }
 

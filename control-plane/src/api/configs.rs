@@ -97,6 +97,7 @@ struct ApplyInput {
     author: Option<String>,
     expect_version: Option<i64>,
     dry_run: bool,
+    rollout: Option<sentinel_api::RolloutPlan>,
 }
 
 fn apply_input(headers: &HeaderMap, q: ApplyQuery, body: Bytes) -> Result<ApplyInput, ApiError> {
@@ -120,6 +121,7 @@ fn apply_input(headers: &HeaderMap, q: ApplyQuery, body: Bytes) -> Result<ApplyI
                 author: b.author.or(q.author),
                 expect_version: b.expect_version,
                 dry_run: b.dry_run || q.dry_run.unwrap_or(false),
+                rollout: b.rollout,
             })
         }
         "text/plain" | "application/kdl" => {
@@ -132,6 +134,7 @@ fn apply_input(headers: &HeaderMap, q: ApplyQuery, body: Bytes) -> Result<ApplyI
                 author: q.author,
                 expect_version: None,
                 dry_run: q.dry_run.unwrap_or(false),
+                rollout: None,
             })
         }
         _ => Err(ApiError::new(
@@ -154,12 +157,12 @@ fn apply_input(headers: &HeaderMap, q: ApplyQuery, body: Bytes) -> Result<ApplyI
         (String = "application/kdl", example = json!(EXAMPLE_KDL_TWO)),
     )),
     responses(
-        (status = 201, description = "stored and activated", body = ApplyCreated),
+        (status = 201, description = "stored and activated; with a `rollout` plan: stored, and a rollout started that activates it when its last stage passed", body = ApplyCreated),
         (status = 200, description = "identical to the active version (nothing stored), or a dry run", body = ApplyNothingStored),
-        (status = 400, description = "malformed body, If-Match or query", body = ErrorBody),
+        (status = 400, description = "malformed body, If-Match or query, or an invalid rollout plan", body = ErrorBody),
         (status = 401, description = "no or unknown token", body = ErrorBody),
         (status = 403, description = "the token lacks the `write` role", body = ErrorBody),
-        (status = 409, description = "`If-Match`/`expect_version` is not the active version (or they disagree)", body = ErrorBody),
+        (status = 409, description = "`If-Match`/`expect_version` is not the active version (or they disagree), or a rollout is open (the message names it)", body = ErrorBody),
         (status = 413, description = "body above 64 MiB", body = ErrorBody),
         (status = 415, description = "neither JSON nor raw KDL", body = ErrorBody),
         (status = 422, description = "invalid KDL: `diagnostics` and `rendered`", body = ErrorBody),
@@ -201,6 +204,11 @@ pub async fn apply(
         .map(|f| storable(&f, NAME_MAX_CHARS))
         .filter(|f| !f.trim().is_empty())
         .unwrap_or_else(|| "sentinel.kdl".to_string());
+    if let Some(plan) = &input.rollout {
+        // Checked before anything else, dry runs included.
+        crate::rollouts::plan::Plan::from_api(plan)
+            .map_err(|e| ApiError::bad_request(format!("invalid rollout plan: {e}")))?;
+    }
     if input.dry_run {
         let snapshot = rollout::compile(&file_name, &input.source).await?;
         let active = api.fleet.store.active().await?;
@@ -224,18 +232,18 @@ pub async fn apply(
         .author
         .map(|a| storable(&a, NAME_MAX_CHARS))
         .unwrap_or_else(|| caller.name.clone());
-    let outcome = rollout::apply(
-        &api.fleet,
-        ApplyRequest {
-            source: input.source,
-            file_name,
-            actor: caller.name,
-            author,
-            message: storable(&input.message.unwrap_or_default(), MESSAGE_MAX_CHARS),
-            expect_version,
-        },
-    )
-    .await?;
+    let request = ApplyRequest {
+        source: input.source,
+        file_name,
+        actor: caller.name,
+        author,
+        message: storable(&input.message.unwrap_or_default(), MESSAGE_MAX_CHARS),
+        expect_version,
+    };
+    let (outcome, rollout_id) = match input.rollout {
+        Some(plan) => crate::rollouts::apply_staged(&api.fleet, request, plan).await?,
+        None => (rollout::apply(&api.fleet, request).await?, None),
+    };
     Ok(match outcome {
         ApplyOutcome::Created { version, previous } => {
             let hash = api.fleet.current().hash.clone();
@@ -246,6 +254,7 @@ pub async fn apply(
                     version,
                     previous,
                     hash,
+                    rollout: rollout_id,
                 }),
             )
                 .into_response()
@@ -486,7 +495,7 @@ pub async fn diff(
     Ok(axum::Json(d))
 }
 
-/// Re-activate the previous version, or `to`; itself recorded (undo = roll back again).
+/// Re-activate the previous version, or `to`; itself recorded (undo = roll back again). During a rollout it aborts the rollout (its nodes return to the active version) and, given another `to`, then re-activates that.
 #[utoipa::path(operation_id = "rollback", post, path = "/v1/rollback", tag = "configs",
     params(IfMatch),
     request_body(content = Option<RollbackBody>, content_type = "application/json",

@@ -9,8 +9,9 @@
 //! asset carries a strict Content-Security-Policy: scripts and styles only
 //! from this origin, no inline code, no frames.
 //!
-//! Events: the stream sends `fleet` (the status and every node) and
-//! `health` (the fleet-aggregated health) when they differ from what this
+//! Events: the stream sends `fleet` (the status and every node), `health`
+//! (the fleet-aggregated health) and `rollout` (the newest rollout's
+//! summary, `null` before the first) when they differ from what this
 //! stream sent last, checked at once when this replica learns of an
 //! activation and otherwise every [`CHECK_EVERY`] (ACKs and other
 //! replicas' nodes reach the store in the background). The browser never
@@ -106,12 +107,12 @@ fn asset(name: &str) -> Response {
 }
 
 /// Live updates for the console: `fleet` events ([`FleetEvent`]: the
-/// status and every node) and `health` events (`Health`), each sent when
-/// it changed; `error` events (text) while the database is unavailable. The
+/// status and every node), `health` events (`Health`) and `rollout` events
+/// (the newest `RolloutSummary`, or `null`), each sent when it changed; `error` events (text) while the database is unavailable. The
 /// first of each comes at once. Comments keep idle connections open.
 #[utoipa::path(operation_id = "stream_events", get, path = "/v1/events", tag = "fleet",
     responses(
-        (status = 200, description = "an endless `text/event-stream`: `fleet` events carry a FleetEvent, `health` events a Health (JSON)", body = String, content_type = "text/event-stream"),
+        (status = 200, description = "an endless `text/event-stream`: `fleet` events carry a FleetEvent, `health` events a Health, `rollout` events the newest RolloutSummary or null (JSON)", body = String, content_type = "text/event-stream"),
         (status = 401, description = "no or unknown token", body = ErrorBody),
         (status = 403, description = "the token lacks the `read` role", body = ErrorBody),
         (status = 503, description = "too many event streams open on this replica", body = ErrorBody),
@@ -129,6 +130,7 @@ pub async fn events(State(api): State<Api>, _c: Caller<READ>) -> Result<Response
         api,
         sent_fleet: String::new(),
         sent_health: String::new(),
+        sent_rollout: String::new(),
         sent_error: String::new(),
         queued: VecDeque::new(),
         first: true,
@@ -149,6 +151,7 @@ struct Watch {
     active: tokio::sync::watch::Receiver<Arc<crate::changes::ActiveConfig>>,
     sent_fleet: String,
     sent_health: String,
+    sent_rollout: String,
     sent_error: String,
     queued: VecDeque<Event>,
     first: bool,
@@ -190,6 +193,16 @@ impl Watch {
             self.queued
                 .push_back(Event::default().event("fleet").data(&fleet));
             self.sent_fleet = fleet;
+        }
+        // The newest rollout's summary: a stage moving, a pause or an end.
+        if let Ok(rows) = self.api.fleet.store.rollouts_before(1, None).await {
+            let latest = rows.into_iter().next().map(|r| r.summary);
+            let rollout = serde_json::to_string(&latest).unwrap_or_default();
+            if rollout != self.sent_rollout {
+                self.queued
+                    .push_back(Event::default().event("rollout").data(&rollout));
+                self.sent_rollout = rollout;
+            }
         }
         let health = serde_json::to_string(&health_of(&self.api)).unwrap_or_default();
         if health != self.sent_health {

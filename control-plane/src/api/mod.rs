@@ -27,6 +27,7 @@ mod discovery;
 pub mod extract;
 mod fleet;
 pub mod openapi;
+mod rollouts;
 mod tokens;
 
 use std::sync::Arc;
@@ -86,6 +87,12 @@ pub fn router(
         )
         .route("/v1/events", get(console::events))
         .route("/v1/whoami", get(console::whoami))
+        .route("/v1/rollouts", get(rollouts::list))
+        .route("/v1/rollouts/{id}", get(rollouts::get))
+        .route("/v1/rollouts/{id}/promote", post(rollouts::promote))
+        .route("/v1/rollouts/{id}/pause", post(rollouts::pause))
+        .route("/v1/rollouts/{id}/resume", post(rollouts::resume))
+        .route("/v1/rollouts/{id}/abort", post(rollouts::abort))
         .route("/v1/audit", get(configs::audit))
         .route("/v1/nodes", get(fleet::nodes))
         .route("/v1/nodes/{id}/events", get(fleet::node_events))
@@ -220,6 +227,7 @@ impl From<RolloutError> for ApiError {
             RolloutError::CompileFailed(_) => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
             }
+            RolloutError::Plan(_) => ApiError::bad_request(e.to_string()),
             RolloutError::Invalid(d) => {
                 let mut err = ApiError::new(
                     StatusCode::UNPROCESSABLE_ENTITY,

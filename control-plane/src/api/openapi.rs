@@ -15,7 +15,7 @@ use utoipa::openapi::extensions::ExtensionsBuilder;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{ErrorBody, configs, console, discovery, fleet, tokens};
+use super::{ErrorBody, configs, console, discovery, fleet, rollouts, tokens};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -30,6 +30,8 @@ under /v1 are stable: fields may be added, never renamed or removed, within /v1.
     paths(
         configs::apply, configs::list, configs::active, configs::get, configs::diff,
         configs::rollback, configs::activations, configs::audit,
+        rollouts::list, rollouts::get, rollouts::promote, rollouts::pause, rollouts::resume,
+        rollouts::abort,
         fleet::nodes, fleet::node_events, fleet::status, fleet::health,
         discovery::discovery, console::events, console::convergence,
         console::whoami,
@@ -40,6 +42,7 @@ under /v1 are stable: fields may be added, never renamed or removed, within /v1.
     modifiers(&Security),
     tags(
         (name = "configs", description = "versions, apply, diff, rollback, history"),
+        (name = "rollouts", description = "staged rollouts: stages, gates, per-node state; promote, pause, resume, abort"),
         (name = "fleet", description = "proxies, their versions and NACKs, upstream health"),
         (name = "tokens", description = "API and join tokens, audit trail (admin)"),
         (name = "operations", description = "liveness, readiness, metrics, this document"),

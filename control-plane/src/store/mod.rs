@@ -23,6 +23,8 @@ pub use sentinel_api::{Activation, AuditEntry, Role, VersionRecord};
 
 mod endpoints;
 mod nodes;
+mod rollouts;
+pub use rollouts::{NewRollout, RolloutRow};
 pub mod writer;
 
 pub use endpoints::{EndpointHistory, HISTORY_PER_UPSTREAM};
@@ -389,26 +391,11 @@ impl Store {
         {
             return Ok(ApplyOutcome::Unchanged { version: a.number });
         }
-        let max: Option<i64> = sqlx::query("SELECT MAX(number) AS n FROM config_versions")
-            .fetch_one(&mut **tx)
-            .await?
-            .try_get("n")?;
-        let number = max.unwrap_or(0) + 1;
+        if let Some(open) = Self::open_rollout_in(tx).await? {
+            return Err(StoreError::Conflict(open.busy()));
+        }
+        let number = Self::insert_version_in(tx, &new).await?;
         let now = now_ms();
-        sqlx::query(
-            "INSERT INTO config_versions (number, hash, source, file_name, resources, author, message, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        )
-        .bind(number)
-        .bind(&new.hash)
-        .bind(&new.source)
-        .bind(&new.file_name)
-        .bind(encode_resources(&new.resources))
-        .bind(&new.author)
-        .bind(&new.message)
-        .bind(now)
-        .execute(&mut **tx)
-        .await?;
         sqlx::query(
             "INSERT INTO activations (kind, from_version, to_version, actor, message, at) VALUES ($1, $2, $3, $4, $5, $6)",
         )
@@ -432,6 +419,34 @@ impl Store {
             version: number,
             previous: active_number,
         })
+    }
+
+    /// Stores a new version (not activated); returns its number.
+    async fn insert_version_in(
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        new: &NewVersion,
+    ) -> Result<i64> {
+        let max: Option<i64> = sqlx::query("SELECT MAX(number) AS n FROM config_versions")
+            .fetch_one(&mut **tx)
+            .await?
+            .try_get("n")?;
+        let number = max.unwrap_or(0) + 1;
+        let now = now_ms();
+        sqlx::query(
+            "INSERT INTO config_versions (number, hash, source, file_name, resources, author, message, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(number)
+        .bind(&new.hash)
+        .bind(&new.source)
+        .bind(&new.file_name)
+        .bind(encode_resources(&new.resources))
+        .bind(&new.author)
+        .bind(&new.message)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+        Ok(number)
     }
 
     /// Re-activates `to`, or the version active before the last activation.
@@ -484,6 +499,25 @@ impl Store {
             return Err(StoreError::Conflict(format!(
                 "version {from} is active, not {expected} (If-Match); nothing was changed"
             )));
+        }
+        // A rollback during a rollout aborts it: its admitted nodes return
+        // to the active version. Without an explicit other target that is
+        // the whole rollback (the new version was never active).
+        if let Some(open) = self.abort_open_in(tx, actor).await?
+            && to.is_none_or(|t| t == from)
+        {
+            Self::audit(
+                tx,
+                actor,
+                "rollback",
+                &format!(
+                    "rollout {} aborted: version {} -> {from}",
+                    open.id(),
+                    open.summary.to_version
+                ),
+            )
+            .await?;
+            return Ok((open.summary.to_version, from));
         }
         let target = match to {
             Some(n) => n,

@@ -55,6 +55,8 @@ pub struct Hello {
     pub region: String,
     pub zone: String,
     pub build_version: String,
+    /// `key=value` lines, sorted by key.
+    pub labels: String,
 }
 
 /// The pending change of one node: the merged state of its newest session
@@ -114,6 +116,15 @@ fn node_record(row: &AnyRow, now: i64, expiry: Duration) -> Result<NodeRecord> {
         id: row.try_get("id")?,
         region: row.try_get("region")?,
         zone: row.try_get("zone")?,
+        labels: row
+            .try_get::<Option<String>, _>("labels")?
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| {
+                l.split_once('=')
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+            })
+            .collect(),
         build_version: row.try_get("build_version")?,
         replica: row.try_get("replica")?,
         connected,
@@ -132,7 +143,7 @@ impl Store {
     /// `expired` by `expiry`.
     pub async fn nodes_seen_within(&self, expiry: Duration) -> Result<Vec<NodeRecord>> {
         let rows = sqlx::query(
-            "SELECT n.id, n.region, n.zone, n.build_version, n.replica, n.connected, n.acked_version, \
+            "SELECT n.id, n.region, n.zone, n.labels, n.build_version, n.replica, n.connected, n.acked_version, \
              n.acked_hash, n.nack_version, n.nack_resource, n.nack_error, n.nack_at, n.last_seen, \
              r.heartbeat FROM nodes n LEFT JOIN replicas r ON r.name = n.replica \
              ORDER BY n.region, n.zone, n.id",
@@ -308,11 +319,11 @@ impl Store {
         let seen = c.seen_at_unix_ms;
         if let Some(h) = &c.hello {
             sqlx::query(
-                "INSERT INTO nodes (id, region, zone, build_version, replica, connected, last_seen, session_epoch) \
-                 VALUES ($1, $2, $3, $4, $5, 1, $6, $7) \
+                "INSERT INTO nodes (id, region, zone, build_version, replica, connected, last_seen, session_epoch, labels) \
+                 VALUES ($1, $2, $3, $4, $5, 1, $6, $7, $8) \
                  ON CONFLICT (id) DO UPDATE SET region = excluded.region, zone = excluded.zone, \
                  build_version = excluded.build_version, replica = excluded.replica, connected = 1, \
-                 last_seen = excluded.last_seen, session_epoch = excluded.session_epoch \
+                 last_seen = excluded.last_seen, session_epoch = excluded.session_epoch, labels = excluded.labels \
                  WHERE nodes.session_epoch IS NULL OR nodes.session_epoch < excluded.session_epoch",
             )
             .bind(&c.id)
@@ -322,6 +333,7 @@ impl Store {
             .bind(replica)
             .bind(seen)
             .bind(epoch)
+            .bind(&h.labels)
             .execute(&mut **tx)
             .await?;
         }
@@ -474,6 +486,18 @@ impl NodeChange {
                     region: sanitise(&node.region, MAX_NAME),
                     zone: sanitise(&node.zone, MAX_NAME),
                     build_version: sanitise(&node.build_version, MAX_NAME),
+                    labels: node
+                        .labels
+                        .iter()
+                        .map(|l| {
+                            format!(
+                                "{}={}",
+                                sanitise(&l.key, MAX_NAME),
+                                sanitise(&l.value, MAX_NAME)
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                        .join("\n"),
                 });
             }
             U::Disconnected { .. } => change.disconnected = true,

@@ -206,7 +206,7 @@ impl StreamService {
         let epoch = Epoch::next();
         let held_count = hello.held.len();
         let mut held = {
-            let current = fleet.current();
+            let current = fleet.desired(&node.id, &fleet.current());
             if !hello.config_version.is_empty() && hello.config_version == current.hash {
                 Held::Config(current)
             } else {
@@ -219,7 +219,16 @@ impl StreamService {
             epoch,
         });
         tracing::info!(node = %node.id, region = %node.region, zone = %node.zone, held = held_count, epoch = epoch.0, "proxy connected");
+        if let Held::Config(c) = &held {
+            // The proxy says it runs exactly what it should: that is its
+            // ACK (an ACK sent to a replica that died before recording it
+            // would otherwise never be recorded).
+            self.acked(&node, epoch, c);
+        }
         let mut active_rx = fleet.subscribe();
+        // A rollout admitting this node (or ending) changes what it should
+        // run without changing the active configuration.
+        let mut rollout_rx = fleet.subscribe_rollout();
         let mut shutdown = self.shutdown.clone();
         let mut in_flight: Option<InFlight> = None;
         // The config hash the proxy refused (from what it holds now); not
@@ -231,7 +240,8 @@ impl StreamService {
         let end = loop {
             if push_needed && in_flight.is_none() {
                 push_needed = false;
-                let active = active_rx.borrow_and_update().clone();
+                rollout_rx.borrow_and_update();
+                let active = fleet.desired(&node.id, &active_rx.borrow_and_update().clone());
                 match self
                     .push(&node, epoch, &mut held, &active, &refused, &out)
                     .await
@@ -285,7 +295,7 @@ impl StreamService {
                             in_flight = None;
                             metrics::counter!("sentinel_cp_resyncs_total").increment(1);
                             tracing::warn!(node = %node.id, held = resync.held.len(), reason = %clean_text(&resync.reason, 512), "proxy asked for a resync; sending the difference from what it holds");
-                            held = match fleet.current() {
+                            held = match fleet.desired(&node.id, &fleet.current()) {
                                 c if !resync.config_version.is_empty() && c.hash == resync.config_version => Held::Config(c),
                                 _ => held_versions(resync.held),
                             };
@@ -312,6 +322,12 @@ impl StreamService {
                     // stays in flight: the next one is computed from the
                     // state its answer leaves the proxy in.
                     tokio::time::sleep(DEBOUNCE).await;
+                    push_needed = true;
+                }
+                changed = rollout_rx.changed() => {
+                    if changed.is_err() {
+                        break End::Closed;
+                    }
                     push_needed = true;
                 }
                 _ = keepalive.tick() => {
@@ -471,6 +487,7 @@ impl ConfigStream for StreamService {
                 let valid = !report.node_id.is_empty()
                     && report.node_id.len() <= 128
                     && report.targets.len() <= 100_000
+                    && report.routes.len() <= 100_000
                     && (node_id.is_empty() || node_id == report.node_id);
                 if !valid {
                     let _ = tx
@@ -487,7 +504,8 @@ impl ConfigStream for StreamService {
                 }
                 node_id = report.node_id.clone();
                 metrics::counter!("sentinel_cp_health_reports_total").increment(1);
-                fleet.report_health(&report.node_id, epoch, report.targets);
+                let id = report.node_id.clone();
+                fleet.report_health(&id, epoch, report);
                 if tx.send(Ok(pb::HealthReportAck { received })).await.is_err() {
                     break;
                 }
