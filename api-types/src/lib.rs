@@ -886,6 +886,35 @@ pub struct RolloutDetail {
     pub nodes: Vec<RolloutNode>,
     /// Oldest first.
     pub events: Vec<RolloutEvent>,
+    /// While the rollout is open: what its gates see now for the current
+    /// stage, from the health reports the answering replica receives.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live: Option<RolloutLive>,
+}
+
+/// The gates' inputs for the current stage (see docs/operations.md, "Safe
+/// rollouts"): the stage's nodes on the new version since the stage
+/// started, the rest of the fleet on the previous version over the same
+/// window, and the stage's nodes on the previous version before it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RolloutLive {
+    pub stage: GateTotals,
+    pub rest: GateTotals,
+    pub baseline: GateTotals,
+    /// The thresholds in force (every default filled in).
+    pub gates: RolloutGates,
+}
+
+/// Request counts and upstream health of one group of nodes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct GateTotals {
+    pub requests: u64,
+    pub errors_5xx: u64,
+    /// Request-weighted p99 over the group's routes (ms).
+    pub p99_ms: u64,
+    /// Health-checked targets the group's nodes report (latest report each).
+    pub targets: u64,
+    pub unhealthy: u64,
 }
 
 /// Rollouts, newest first.

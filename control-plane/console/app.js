@@ -117,7 +117,7 @@ function showLogin(message) {
     sessionStorage.setItem(TOKEN_KEY, state.token);
     start();
   });
-  main().replaceChildren(form);
+  show(form);
   input.focus();
 }
 
@@ -204,6 +204,9 @@ function onEvents(names, render) {
 // === pages ===
 
 const main = () => document.getElementById("main");
+// Replaces the page (absent parts — null, undefined, false — are skipped;
+// replaceChildren itself would print them as text).
+const show = (...parts) => main().replaceChildren(...parts.flat().filter((p) => p !== null && p !== undefined && p !== false));
 let leave = () => {};
 
 const pages = { fleet, versions, version, diff, rollouts, rollout, convergence, health, audit };
@@ -221,7 +224,7 @@ function route() {
     else a.removeAttribute("aria-current");
   }
   Promise.resolve(page(...args.map(decodeURIComponent))).catch((err) => {
-    main().replaceChildren(h("p", { class: "error", role: "alert" }, err.message));
+    show(h("p", { class: "error", role: "alert" }, err.message));
   });
 }
 
@@ -237,7 +240,7 @@ function fleet() {
   const render = () => {
     const f = state.fleet;
     if (!f) {
-      main().replaceChildren(h("h1", {}, "Fleet"), h("p", { class: "muted" }, "Waiting for the control plane…"));
+      show(h("h1", {}, "Fleet"), h("p", { class: "muted" }, "Waiting for the control plane…"));
       return;
     }
     const active = f.status.active ? f.status.active.number : null;
@@ -265,7 +268,7 @@ function fleet() {
               h("span", {}, n.id), h("span", { class: "sr-only" }, ` — ${text}`));
           })))));
     });
-    main().replaceChildren(
+    show(
       h("h1", {}, "Fleet"),
       h("p", { id: "active-version" }, active ? `Active version v${active}` : "No version applied yet",
         f.status.active ? h("span", { class: "muted" }, ` — ${f.status.active.message || "no message"}, by ${f.status.active.author}, ${time(f.status.active.created_at_unix_ms)}`) : null),
@@ -296,7 +299,7 @@ async function versions() {
     e.preventDefault();
     location.hash = `#/diff/${compare.querySelector("#from").value}/${compare.querySelector("#to").value}`;
   });
-  main().replaceChildren(h("h1", {}, "Versions"), numbers.length > 1 ? compare : null,
+  show(h("h1", {}, "Versions"), numbers.length > 1 ? compare : null,
     h("div", { class: "scroll" }, h("table", { id: "versions" },
       h("thead", {}, h("tr", {}, ["Version", "Author", "Message", "Created", ""].map((t) => h("th", { scope: "col" }, t)))),
       h("tbody", {}, rows))));
@@ -306,7 +309,7 @@ async function version(n) {
   const [v, list] = await Promise.all([api(`/v1/configs/${encodeURIComponent(n)}`), api("/v1/configs/active").catch(() => null)]);
   const active = list && list.version ? list.version.number : null;
   const isActive = active === v.version.number;
-  main().replaceChildren(
+  show(
     h("h1", {}, `Version v${v.version.number}`, isActive ? h("span", { class: "badge" }, " active") : null),
     h("p", { class: "muted" }, `${v.version.message || "no message"} — by ${v.version.author}, ${time(v.version.created_at_unix_ms)} — ${v.resources.length} resources — ${v.version.file_name}`),
     h("div", { class: "row" },
@@ -380,7 +383,7 @@ async function diff(from, to) {
     else { flush(); cells.push(h("div", {}, line.slice(1)), h("div", {}, line.slice(1))); }
   }
   flush();
-  main().replaceChildren(
+  show(
     h("h1", {}, `Diff v${d.from ?? "∅"} → v${d.to}`),
     h("div", { class: "regions" }, list("Added", d.added, "added"), list("Changed", d.changed, "changed"), list("Removed", d.removed, "removed")),
     h("h2", {}, "Source"),
@@ -391,7 +394,7 @@ async function diff(from, to) {
 async function rollouts() {
   const render = async () => {
     const list = await api("/v1/rollouts?limit=50");
-    main().replaceChildren(h("h1", {}, "Rollouts"),
+    show(h("h1", {}, "Rollouts"),
       list.rollouts.length ? h("div", { class: "scroll" }, h("table", { id: "rollouts" },
         h("thead", {}, h("tr", {}, ["Rollout", "State", "Version", "Stage", "By", "Reason", "Updated"].map((t) => h("th", { scope: "col" }, t)))),
         h("tbody", {}, list.rollouts.map((r) => h("tr", { "data-rollout": r.id, "data-state": r.state },
@@ -423,10 +426,9 @@ async function rollout(id) {
     const live = r.state === "running" || r.state === "paused";
     const actions = canWrite() && live ? h("div", { class: "row", id: "rollout-actions" },
       r.state === "running" ? act("pause") : act("resume"), act("promote"), act("abort")) : null;
-    const g = d.plan.gates || {};
     const lastGate = new Map();
     for (const e of d.events) if (e.kind === "gate") lastGate.set(e.stage, e);
-    main().replaceChildren(
+    show(
       h("h1", {}, `Rollout #${r.id}: v${r.from_version ?? "∅"} → v${r.to_version}`),
       h("p", { id: "rollout-state" }, h("span", { class: `node ${stateClass(r.state)}` }, r.state),
         ` stage ${r.stage + 1} of ${r.stages} — by ${r.actor}${r.message ? ", " + r.message : ""}`),
@@ -442,12 +444,7 @@ async function rollout(id) {
           h("td", {}, `${s.acked}/${s.nodes}`), h("td", {}, `${s.bake_ms} ms`),
           h("td", {}, lastGate.has(s.index) ? lastGate.get(s.index).detail : "—")))))),
       h("h2", {}, "Gates"),
-      h("ul", { id: "gates" },
-        h("li", {}, "every admitted node ACKs; a NACK fails the stage at once"),
-        h("li", {}, `5xx share at most ${g.max_5xx_increase ?? "default"} above the reference`),
-        h("li", {}, `p99 at most ${g.max_p99_ratio ?? "default"}× the reference (floor ${g.p99_floor_ms ?? "default"} ms)`),
-        h("li", {}, `unhealthy targets at most ${g.max_unhealthy_increase ?? "default"} above the reference`),
-        h("li", {}, `progress deadline ${g.progress_deadline_ms ?? "default"} ms; judged after ${g.min_requests ?? "default"} requests`)),
+      gatesTable(d),
       h("h2", {}, "Nodes"),
       h("div", { class: "scroll" }, h("table", { id: "rollout-nodes" },
         h("thead", {}, h("tr", {}, ["Node", "Region", "Stage", "State", "Holds"].map((t) => h("th", { scope: "col" }, t)))),
@@ -462,10 +459,39 @@ async function rollout(id) {
   leave = onEvents(["fleet", "rollout"], () => render().catch(() => {}));
 }
 
+// The gates with what they see now (while the rollout is open): the
+// stage's nodes on the new version, the rest of the fleet, and the stage's
+// own baseline before it (docs/operations.md, "Safe rollouts").
+function gatesTable(d) {
+  const live = d.live;
+  if (!live) return h("p", { class: "muted", id: "gates" }, "The gates judge only while the rollout is open; the events below say what they decided.");
+  const g = live.gates;
+  const pct = (x) => `${(x * 100).toFixed(1)}%`;
+  const rate = (t) => (t.requests ? t.errors_5xx / t.requests : 0);
+  const share = (t) => (t.targets ? t.unhealthy / t.targets : 0);
+  const enough = (t) => t.requests >= g.min_requests;
+  const ref = (f) => [live.rest, live.baseline].filter(enough).map(f).reduce((a, b) => Math.max(a, b), -1);
+  const r5 = ref(rate), rp = ref((t) => t.p99_ms);
+  const health = [live.rest, live.baseline].filter((t) => t.targets).map(share).reduce((a, b) => Math.max(a, b), 0);
+  const row = (name, stage, reference, limit) => h("tr", { "data-gate": name }, h("td", {}, name), h("td", {}, stage), h("td", {}, reference), h("td", {}, limit));
+  const fmt = (t) => `${pct(rate(t))} of ${t.requests}`;
+  return h("div", { class: "scroll" }, h("table", { id: "gates" },
+    h("thead", {}, h("tr", {}, ["Gate", "Stage now", "Reference (rest of fleet / baseline)", "Fails above"].map((t) => h("th", { scope: "col" }, t)))),
+    h("tbody", {},
+      row("ack", `${d.stages[d.rollout.stage]?.acked ?? 0}/${d.stages[d.rollout.stage]?.nodes ?? 0} ACKed`, "—", `any NACK; not all ACKed within ${g.progress_deadline_ms} ms`),
+      row("error-rate", enough(live.stage) ? fmt(live.stage) : `waiting: ${live.stage.requests}/${g.min_requests} requests`,
+        `${fmt(live.rest)} / ${fmt(live.baseline)}`, pct(Math.max(r5, 0) + g.max_5xx_increase)),
+      row("latency", enough(live.stage) ? `p99 ${live.stage.p99_ms} ms` : "waiting",
+        `p99 ${live.rest.p99_ms} ms / ${live.baseline.p99_ms} ms`,
+        rp >= 0 ? `${Math.max(rp * g.max_p99_ratio, g.p99_floor_ms).toFixed(0)} ms` : `— (no reference yet; floor ${g.p99_floor_ms} ms)`),
+      row("upstream-health", `${live.stage.unhealthy}/${live.stage.targets} unhealthy`,
+        `${live.rest.unhealthy}/${live.rest.targets} / ${live.baseline.unhealthy}/${live.baseline.targets}`, pct(health + g.max_unhealthy_increase)))));
+}
+
 async function convergence(id) {
   const list = await api("/v1/activations?limit=50");
   if (!list.activations.length) {
-    main().replaceChildren(h("h1", {}, "Convergence"), h("p", { class: "muted" }, "Nothing applied yet."));
+    show(h("h1", {}, "Convergence"), h("p", { class: "muted" }, "Nothing applied yet."));
     return;
   }
   const chosen = id ? Number(id) : list.activations[0].id;
@@ -499,7 +525,7 @@ async function convergence(id) {
       h("svg:text", { x: 4, y: 16 }, "100%"),
       lines);
     const slowest = [...c.nodes].sort((a, b) => (b.acked_at_unix_ms ?? Infinity) - (a.acked_at_unix_ms ?? Infinity)).slice(0, 10);
-    main().replaceChildren(
+    show(
       h("h1", {}, "Convergence"), h("div", { class: "row" }, picker),
       h("p", { id: "converged" }, `${reached.length} of ${c.nodes.length} nodes held v${c.activation.to_version}` +
         (reached.length ? `, the last ${span} ms after the activation` : "")),
@@ -518,9 +544,9 @@ async function convergence(id) {
 function health() {
   const render = () => {
     const hl = state.health;
-    if (!hl) { main().replaceChildren(h("h1", {}, "Health"), h("p", { class: "muted" }, "Waiting for the control plane…")); return; }
+    if (!hl) { show(h("h1", {}, "Health"), h("p", { class: "muted" }, "Waiting for the control plane…")); return; }
     const ups = Object.keys(hl.upstreams).sort();
-    main().replaceChildren(h("h1", {}, "Health"),
+    show(h("h1", {}, "Health"),
       h("p", { class: "muted" }, `A target is down fleet-wide when at least ${hl.quorum_percent}% of the proxies reporting it say so.`),
       ups.length ? null : h("p", { class: "muted" }, "No proxy reports active health checks."),
       ups.map((u) => h("section", { class: "panel", "data-upstream": u }, h("h2", {}, `upstream ${u}`),
@@ -543,12 +569,12 @@ async function audit() {
     list = await api("/v1/audit?limit=200");
   } catch (err) {
     if (err.status === 403) {
-      main().replaceChildren(h("h1", {}, "Audit"), h("p", {}, "The audit trail needs a token with the admin role."));
+      show(h("h1", {}, "Audit"), h("p", {}, "The audit trail needs a token with the admin role."));
       return;
     }
     throw err;
   }
-  main().replaceChildren(h("h1", {}, "Audit"), h("div", { class: "scroll" }, h("table", { id: "audit" },
+  show(h("h1", {}, "Audit"), h("div", { class: "scroll" }, h("table", { id: "audit" },
     h("thead", {}, h("tr", {}, ["When", "Who", "Action", "Detail"].map((t) => h("th", { scope: "col" }, t)))),
     h("tbody", {}, list.audit.map((e) => h("tr", {}, h("td", {}, time(e.at_unix_ms)), h("td", {}, e.actor), h("td", {}, e.action), h("td", {}, e.detail)))))));
 }

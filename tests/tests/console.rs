@@ -244,6 +244,18 @@ async fn the_console_follows_the_fleet_and_rolls_it_back() {
         Some("v1"),
         "outside the canary"
     );
+    // The gates with what they see now (the stage's traffic, the reference).
+    assert!(
+        b.until(WAIT, "return document.querySelectorAll('#gates [data-gate]').length === 4 && document.querySelector('[data-gate=\"error-rate\"]').textContent.includes('%');").await,
+        "no live gate table: {}",
+        b.client.source().await.unwrap_or_default()
+    );
+    assert_eq!(
+        b.js("return document.querySelector('main').textContent.includes('null');")
+            .await,
+        json!(false),
+        "a `null` printed on the page"
+    );
     b.screenshot("rollout").await;
     b.click("#promote").await;
     converge(&all, "v3").await;

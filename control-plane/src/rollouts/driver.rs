@@ -107,6 +107,12 @@ async fn elect(fleet: Arc<Fleet>) {
     }
 }
 
+/// The health samples the gates of `r`'s current stage judge: the stage's
+/// window, and up to [`BASELINE`] before it.
+pub fn stage_samples(fleet: &Fleet, r: &RolloutRow) -> BTreeMap<String, Vec<gates::Sample>> {
+    fleet.samples_since(r.stage_started_at - BASELINE.as_millis() as i64)
+}
+
 /// A node as the state machine sees it.
 pub fn node_view(n: &NodeRecord) -> NodeView {
     NodeView {
@@ -175,7 +181,7 @@ pub async fn drive_once(fleet: &Fleet) -> Result<bool, StoreError> {
     let p = progress(&r, &admitted);
     let admitted_set: HashSet<String> = admitted.keys().cloned().collect();
     // The stage's window, and up to a minute before it for the baseline.
-    let samples = fleet.samples_since(r.stage_started_at - BASELINE.as_millis() as i64);
+    let samples = stage_samples(fleet, &r);
     let to = r.summary.to_version;
     let gate = gates::evaluate(
         &plan.gates,

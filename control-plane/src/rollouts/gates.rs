@@ -107,14 +107,24 @@ fn pct(x: f64) -> String {
     format!("{:.1}%", x * 100.0)
 }
 
-/// Judges the error-rate, latency and upstream-health gates.
-pub fn evaluate(gates: &Gates, w: &Window<'_>) -> Result<(), GateFailure> {
+/// A window's samples split into the three groups (see the module docs).
+struct Groups<'a> {
+    stage_by_node: BTreeMap<&'a str, Totals>,
+    stage: Totals,
+    rest: Totals,
+    baseline: Totals,
+    /// Latest sample of each node in the window (upstream health is a state,
+    /// not a count: only the newest report says it).
+    stage_health: Totals,
+    rest_health: Totals,
+    baseline_health: Totals,
+}
+
+fn groups<'a>(w: &Window<'a>) -> Groups<'a> {
     let mut stage_by_node: BTreeMap<&str, Totals> = BTreeMap::new();
     let mut stage = Vec::new();
     let mut rest = Vec::new();
     let mut baseline = Vec::new();
-    // Latest sample of each node in the window (upstream health is a state,
-    // not a count: only the newest report says it).
     let mut stage_latest = Vec::new();
     let mut rest_latest = Vec::new();
     let mut baseline_latest = Vec::new();
@@ -148,9 +158,38 @@ pub fn evaluate(gates: &Gates, w: &Window<'_>) -> Result<(), GateFailure> {
             rest_latest.push(last);
         }
     }
-    let stage = Totals::add(stage);
-    let rest = Totals::add(rest);
-    let baseline = Totals::add(baseline);
+    Groups {
+        stage_by_node,
+        stage: Totals::add(stage),
+        rest: Totals::add(rest),
+        baseline: Totals::add(baseline),
+        stage_health: Totals::add(stage_latest),
+        rest_health: Totals::add(rest_latest),
+        baseline_health: Totals::add(baseline_latest),
+    }
+}
+
+/// What the gates see now: (stage, rest of fleet, baseline) traffic totals
+/// and (stage, rest, baseline) upstream health, for people to read.
+pub fn observed(w: &Window<'_>) -> ([Totals; 3], [Totals; 3]) {
+    let g = groups(w);
+    (
+        [g.stage, g.rest, g.baseline],
+        [g.stage_health, g.rest_health, g.baseline_health],
+    )
+}
+
+/// Judges the error-rate, latency and upstream-health gates.
+pub fn evaluate(gates: &Gates, w: &Window<'_>) -> Result<(), GateFailure> {
+    let Groups {
+        stage_by_node,
+        stage,
+        rest,
+        baseline,
+        stage_health: stage_h,
+        rest_health: rest_h,
+        baseline_health: base_h,
+    } = groups(w);
     let enough = |t: &Totals| t.requests >= gates.min_requests;
     let worst = |f: &dyn Fn(&Totals) -> f64| {
         stage_by_node
@@ -211,10 +250,7 @@ pub fn evaluate(gates: &Gates, w: &Window<'_>) -> Result<(), GateFailure> {
             }
         }
     }
-    let stage_h = Totals::add(stage_latest.iter().copied());
     if stage_h.targets > 0 {
-        let rest_h = Totals::add(rest_latest.iter().copied());
-        let base_h = Totals::add(baseline_latest.iter().copied());
         let reference = [rest_h, base_h]
             .iter()
             .filter(|t| t.targets > 0)

@@ -37,7 +37,10 @@ pub mod plan;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use sentinel_api::{RolloutDetail, RolloutNode, RolloutPlan, RolloutStageStatus, RolloutSummary};
+use sentinel_api::{
+    GateTotals, RolloutDetail, RolloutLive, RolloutNode, RolloutPlan, RolloutStageStatus,
+    RolloutSummary,
+};
 
 use crate::fleet::Fleet;
 use crate::rollout::{ApplyRequest, RolloutError, compile};
@@ -284,11 +287,36 @@ pub async fn detail(fleet: &Fleet, id: i64) -> Result<RolloutDetail, StoreError>
             }
         })
         .collect();
+    let live = phase.is_open().then(|| {
+        let samples = driver::stage_samples(fleet, &r);
+        let admitted: std::collections::HashSet<String> = admitted.keys().cloned().collect();
+        let (traffic, health) = gates::observed(&gates::Window {
+            samples: &samples,
+            admitted: &admitted,
+            from_version: r.summary.from_version.unwrap_or(0),
+            to_version: to,
+            since_unix_ms: r.stage_started_at,
+        });
+        let totals = |i: usize| GateTotals {
+            requests: traffic[i].requests,
+            errors_5xx: traffic[i].errors_5xx,
+            p99_ms: traffic[i].p99_ms,
+            targets: health[i].targets,
+            unhealthy: health[i].unhealthy,
+        };
+        RolloutLive {
+            stage: totals(0),
+            rest: totals(1),
+            baseline: totals(2),
+            gates: plan.gates.to_api(),
+        }
+    });
     Ok(RolloutDetail {
         rollout: r.summary,
         plan: api,
         stages,
         nodes,
         events,
+        live,
     })
 }

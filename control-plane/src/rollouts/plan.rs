@@ -176,6 +176,20 @@ impl Default for Gates {
     }
 }
 
+impl Gates {
+    /// The thresholds as the API shows them.
+    pub fn to_api(&self) -> RolloutGates {
+        RolloutGates {
+            max_5xx_increase: Some(self.max_5xx_increase),
+            max_p99_ratio: Some(self.max_p99_ratio),
+            p99_floor_ms: Some(self.p99_floor_ms),
+            min_requests: Some(self.min_requests),
+            max_unhealthy_increase: Some(self.max_unhealthy_increase),
+            progress_deadline_ms: Some(self.progress_deadline.as_millis() as u64),
+        }
+    }
+}
+
 /// One stage, parsed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Stage {
