@@ -229,6 +229,13 @@ async fn a_proxy_restarted_while_the_control_plane_is_down_serves_from_its_cache
     let mut p = Proxy::start(&proxy_bin, "cached", "eu", &[cp.grpc_url()], &[]);
     apply(&cp, &config(1, backend.addr, "")).await;
     converge(&[&p], "v1", Duration::from_secs(15)).await;
+    // Serving v1 means swapped; the proxy writes the cache after the swap
+    // and ACKs after the cache: wait for the ACK before pulling the plug.
+    let acked = wait_for(Duration::from_secs(10), || async {
+        api(&cp, "GET", "/v1/nodes").await["nodes"][0]["acked_version"] == 1
+    })
+    .await;
+    assert!(acked, "v1 never ACKed\n{}", p.logs());
     cp.kill();
     p.restart();
     converge(&[&p], "v1", Duration::from_secs(10)).await;
@@ -253,12 +260,15 @@ async fn a_proxy_restarted_while_the_control_plane_is_down_serves_from_its_cache
     bytes[n - 5] ^= 0x55;
     std::fs::write(&file, &bytes).unwrap();
     p.restart();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let refused = wait_for(Duration::from_secs(10), || async {
+        p.logs().contains("checksum mismatch")
+    })
+    .await;
+    assert!(refused, "{}", p.logs());
     assert!(
         served(&p).await.is_none(),
         "a corrupt cache must not be served"
     );
-    assert!(p.logs().contains("checksum mismatch"), "{}", p.logs());
     let ready = http()
         .get(format!("http://{}/ready", p.admin))
         .send()

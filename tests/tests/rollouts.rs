@@ -588,7 +588,11 @@ async fn a_replica_fail_over_on_postgres_continues_the_rollout() {
     let bin = workspace_bin("sentinel-cp");
     let mut a = ControlPlane::start(&bin, &pg.url(), &["--replica", "cp-a"]).await;
     // `a` takes the driver lock first.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let driving = wait_for(Duration::from_secs(10), || async {
+        a.logs().contains("driving rollouts")
+    })
+    .await;
+    assert!(driving, "{}", a.logs());
     let b = ControlPlane::start(&bin, &pg.url(), &["--replica", "cp-b"]).await;
     let fleet = Fleet::start(&[a.grpc_url(), b.grpc_url()], |_| vec![]);
     let all: Vec<&Proxy> = fleet.proxies.iter().collect();
