@@ -72,6 +72,7 @@ fn hello(id: &str) -> pb::DeltaRequest {
             }),
             held: vec![],
             config_version: String::new(),
+            version_number: 0,
         })),
     }
 }

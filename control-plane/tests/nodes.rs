@@ -62,6 +62,7 @@ async fn node(cp: &ControlPlane, id: &str) -> Value {
 
 /// A raw delta stream (the harness's), one gRPC connection each.
 type Session = sentinel_tests::raw::RawStream;
+use sentinel_tests::raw::RawStream;
 
 async fn connect(url: String, id: &str, build: &str, held: Vec<pb::ResourceVersion>) -> Session {
     try_connect(url, id, build, held)
@@ -159,6 +160,36 @@ async fn a_stream_that_ends_after_its_node_reconnected_changes_nothing() {
         "the live session was overwritten: {n}"
     );
     assert_eq!(n["acked_version"], 1, "{n}");
+}
+
+/// A proxy's hello names what it runs; that is recorded for the new
+/// session like an ACK. (Its previous session's ACK can be lost: when the
+/// new session's hello reaches the store first, the old session's rows are
+/// no longer written — found by the truth model, seed 1795551304431341176.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_hello_says_the_node_runs_is_recorded() {
+    let cp = ControlPlane::start(std::path::Path::new(BIN), "", &[]).await;
+    apply(&cp, &config(9001)).await;
+    apply(&cp, &config(9002)).await;
+    let v1 = sentinel_config::compile("x", &config(9001)).unwrap();
+    // The node runs v1 (from its cache, or its last session) and does not
+    // answer the push of v2.
+    let _s = RawStream::connect_holding(
+        cp.grpc_url(),
+        "n1",
+        "test",
+        held(&config(9001)),
+        (1, v1.config_hash()),
+    )
+    .await
+    .unwrap();
+    let recorded = wait_for(Duration::from_secs(10), || async {
+        node(&cp, "n1").await["acked_version"] == 1
+    })
+    .await;
+    let n = node(&cp, "n1").await;
+    assert!(recorded, "{n}");
+    assert_eq!(n["acked_hash"], v1.config_hash().as_str(), "{n}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

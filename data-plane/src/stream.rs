@@ -65,6 +65,8 @@ fn with_join_token<T>(message: T, join_token: Option<&str>) -> tonic::Request<T>
 struct State {
     held: Held,
     config_version: String,
+    /// The control plane's number of `config_version` (0: none).
+    version_number: u64,
 }
 
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
@@ -157,6 +159,7 @@ impl Client {
                 })
                 .collect(),
             config_version: state.config_version.clone(),
+            version_number: state.version_number,
         };
         tx.send(pb::DeltaRequest {
             kind: Some(pb::delta_request::Kind::Hello(hello)),
@@ -269,6 +272,7 @@ fn load_cache(proxy: &Proxy, dir: &Path) -> Option<State> {
                     .map(|r| ((r.r#type, r.name.clone()), r))
                     .collect(),
                 config_version: set.config_version,
+                version_number: set.version_number,
             })
         }
         Err(e) => {
@@ -431,6 +435,7 @@ fn respond(
     let state = State {
         held: next,
         config_version: hash,
+        version_number: number,
     };
     (answer, Some(state))
 }

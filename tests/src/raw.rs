@@ -25,6 +25,18 @@ impl RawStream {
         build_version: &str,
         held: Vec<pb::ResourceVersion>,
     ) -> Result<RawStream, tonic::Status> {
+        Self::connect_holding(url, id, build_version, held, (0, String::new())).await
+    }
+
+    /// As [`Self::connect`], also naming what it runs in the hello:
+    /// (`version_number`, `config_version`).
+    pub async fn connect_holding(
+        url: String,
+        id: &str,
+        build_version: &str,
+        held: Vec<pb::ResourceVersion>,
+        (version_number, config_version): (u64, String),
+    ) -> Result<RawStream, tonic::Status> {
         let mut client = ConfigStreamClient::connect(url)
             .await
             .map_err(|e| tonic::Status::unavailable(e.to_string()))?
@@ -39,7 +51,8 @@ impl RawStream {
                 labels: vec![],
             }),
             held,
-            config_version: String::new(),
+            config_version,
+            version_number,
         };
         tx.send(pb::DeltaRequest {
             kind: Some(pb::delta_request::Kind::Hello(hello)),

@@ -106,6 +106,7 @@ impl ScriptedProxy {
             }),
             held: holding.versions(),
             config_version: holding.hash.clone(),
+            version_number: holding.number,
         };
         tx.send(pb::DeltaRequest {
             kind: Some(pb::delta_request::Kind::Hello(hello)),

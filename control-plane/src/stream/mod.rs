@@ -205,6 +205,8 @@ impl StreamService {
         let fleet = &self.fleet;
         let epoch = Epoch::next();
         let held_count = hello.held.len();
+        let claimed = (!hello.config_version.is_empty() && hello.version_number > 0)
+            .then(|| (hello.version_number, hello.config_version.clone()));
         let mut held = {
             let current = fleet.desired(&node.id, &fleet.current());
             if !hello.config_version.is_empty() && hello.config_version == current.hash {
@@ -219,11 +221,19 @@ impl StreamService {
             epoch,
         });
         tracing::info!(node = %node.id, region = %node.region, zone = %node.zone, held = held_count, epoch = epoch.0, "proxy connected");
+        // What the proxy says it runs is recorded like an ACK for this
+        // session: an ACK its previous session sent may never be recorded
+        // (its replica died first, or this session's hello reached the
+        // store first and the old session's rows are no longer written).
         if let Held::Config(c) = &held {
-            // The proxy says it runs exactly what it should: that is its
-            // ACK (an ACK sent to a replica that died before recording it
-            // would otherwise never be recorded).
             self.acked(&node, epoch, c);
+        } else if let Some((number, hash)) = claimed {
+            fleet.record(NodeUpdate::Ack {
+                id: node.id.clone(),
+                epoch,
+                version: i64::try_from(number).unwrap_or(i64::MAX),
+                hash,
+            });
         }
         let mut active_rx = fleet.subscribe();
         // A rollout admitting this node (or ending) changes what it should
