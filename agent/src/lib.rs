@@ -105,6 +105,7 @@ impl std::fmt::Display for Listen {
 pub struct Server {
     /// Where it listens; for `Listen::Tcp` with port 0, the bound port.
     pub listen: Listen,
+    accepted: Arc<std::sync::atomic::AtomicUsize>,
     task: JoinHandle<()>,
 }
 
@@ -113,6 +114,11 @@ impl Server {
     /// calls fail on the proxy's side with a transport error).
     pub fn kill(&self) {
         self.task.abort();
+    }
+
+    /// Connections accepted so far (a proxy reuses one).
+    pub fn connections(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Runs until the server stops (it only stops when killed).
@@ -135,6 +141,8 @@ pub async fn serve<A: Agent>(listen: Listen, agent: A) -> std::io::Result<Server
 /// [`serve`] for an agent the caller keeps a handle to (tests change its
 /// behaviour while it runs).
 pub async fn serve_shared<A: Agent>(listen: Listen, agent: Arc<A>) -> std::io::Result<Server> {
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = Arc::clone(&accepted);
     let routes = tonic::service::Routes::new(AgentServer::new(AgentService(Arc::clone(&agent))))
         .add_service(HealthServer::new(HealthService(agent)));
     match listen {
@@ -151,6 +159,7 @@ pub async fn serve_shared<A: Agent>(listen: Listen, agent: Arc<A>) -> std::io::R
                     tokio::select! {
                         accepted = listener.accept() => match accepted {
                             Ok((stream, _)) => {
+                                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                                 conns.spawn(connection(stream, routes.clone()));
                             }
                             Err(e) => {
@@ -164,6 +173,7 @@ pub async fn serve_shared<A: Agent>(listen: Listen, agent: Arc<A>) -> std::io::R
             });
             Ok(Server {
                 listen: Listen::Unix(path),
+                accepted,
                 task,
             })
         }
@@ -177,6 +187,7 @@ pub async fn serve_shared<A: Agent>(listen: Listen, agent: Arc<A>) -> std::io::R
                         accepted = listener.accept() => match accepted {
                             Ok((stream, _)) => {
                                 let _ = stream.set_nodelay(true);
+                                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                                 conns.spawn(connection(stream, routes.clone()));
                             }
                             Err(e) => {
@@ -190,6 +201,7 @@ pub async fn serve_shared<A: Agent>(listen: Listen, agent: Arc<A>) -> std::io::R
             });
             Ok(Server {
                 listen: Listen::Tcp(bound),
+                accepted,
                 task,
             })
         }
