@@ -3,16 +3,16 @@
 //! 1. **limits** — URI and declared body size;
 //! 2. **route** — match on the runtime's router (404 otherwise);
 //! 3. **filters** — rate limits, in the route's order;
-//! 3b. **agents** — external agents, in the route's order: each may allow
+//! 4. **agents** — external agents, in the route's order: each may allow
 //!    (rewriting request and response headers, adding metadata), deny or
 //!    redirect; one that cannot decide gets the route's or its own failure
 //!    mode (`agents` owns the calls; this file applies the outcome);
-//! 4. **pick + forward** — choose a target, send with timeouts, retry
+//! 5. **pick + forward** — choose a target, send with timeouts, retry
 //!    idempotent requests on connect errors and configured statuses within
 //!    the retry budget; WebSocket upgrades are spliced through;
-//! 5. **response** — agents that asked see the response head; header
+//! 6. **response** — agents that asked see the response head; header
 //!    rewrites (agents' too), request id, rate-limit headers;
-//! 6. **log** — one access-log line and the request metrics.
+//! 7. **log** — one access-log line and the request metrics.
 //!
 //! The runtime is read with one `ArcSwap` load at the start; the request
 //! finishes on that snapshot whatever swaps happen meanwhile. Errors are
@@ -624,7 +624,7 @@ async fn handle(
     }
 }
 
-/// Phase 3b: the route's agents, in order. `Ok(Some)` is a deny or a
+/// Phase 4: the route's agents, in order. `Ok(Some)` is a deny or a
 /// redirect (the request goes no further); `Ok(None)` lets it through with
 /// the agents' request header mutations applied to `parts`.
 #[allow(clippy::too_many_arguments)]
@@ -789,7 +789,7 @@ async fn read_prefix(
     Ok((buf.freeze(), more))
 }
 
-/// Phase 5 for agents that asked: each sees the response head and may
+/// Phase 6 for agents that asked: each sees the response head and may
 /// rewrite its headers. A failure under `failure-mode "closed"` turns the
 /// response into a 503.
 async fn response_agents(

@@ -16,7 +16,7 @@ use sentinel_agent::{
 #[derive(Clone, Debug)]
 pub enum Script {
     /// This decision, as is (also garbage: a status the proxy must refuse).
-    Decide(RequestDecision),
+    Decide(Box<RequestDecision>),
     /// Allow, telling the upstream what body the agent saw:
     /// `x-agent-body-len` and `x-agent-body-truncated`.
     ReportBody,
@@ -38,7 +38,7 @@ pub struct Scripted {
 impl Default for Scripted {
     fn default() -> Self {
         Scripted {
-            script: Mutex::new(Script::Decide(sentinel_agent::decision::allow())),
+            script: Mutex::new(Script::Decide(Box::new(sentinel_agent::decision::allow()))),
             delay_ms: AtomicU64::new(0),
             calls: AtomicUsize::new(0),
             response_calls: AtomicUsize::new(0),
@@ -55,7 +55,7 @@ impl Scripted {
     }
 
     pub fn decide(&self, d: RequestDecision) {
-        self.set(Script::Decide(d));
+        self.set(Script::Decide(Box::new(d)));
     }
 
     pub fn set_delay(&self, ms: u64) {
@@ -84,7 +84,7 @@ impl Agent for Scripted {
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         let d = match script {
-            Script::Decide(d) => d,
+            Script::Decide(d) => *d,
             Script::ReportBody => {
                 use sentinel_agent::decision::DecisionExt;
                 sentinel_agent::decision::allow()

@@ -133,8 +133,18 @@ async fn reference_agents_decide(addr: SocketAddr) {
 
     let r = c.get(url("/items")).send().await.unwrap();
     assert_eq!(r.status(), 401, "no token");
-    assert!(r.headers()["www-authenticate"].to_str().unwrap().starts_with("Bearer"));
-    let r = c.get(url("/items")).bearer_auth("wrong").send().await.unwrap();
+    assert!(
+        r.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .starts_with("Bearer")
+    );
+    let r = c
+        .get(url("/items"))
+        .bearer_auth("wrong")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401, "unknown token");
 
     let r = c
@@ -227,7 +237,13 @@ async fn the_seed_agent_examples_apply_through_the_control_plane_and_decide() {
     let backend = who_backend().await;
     let agents = start_agents();
     let cp = ControlPlane::start(&workspace_bin("sentinel-cp"), "", &[]).await;
-    let proxy = Proxy::start(&workspace_bin("sentinel"), "eu-1", "eu", &[cp.grpc_url()], &[]);
+    let proxy = Proxy::start(
+        &workspace_bin("sentinel"),
+        "eu-1",
+        "eu",
+        &[cp.grpc_url()],
+        &[],
+    );
     let config = document("${SENTINEL_HTTP_ADDR}", &agents.socket, agents.waf, backend);
     let r = http()
         .post(format!("{}/v1/configs", cp.url()))
@@ -248,7 +264,10 @@ async fn the_seed_agent_examples_apply_through_the_control_plane_and_decide() {
         .await
         .unwrap();
     assert!(m.contains("sentinel_agent_health{agent=\"auth\"} 1"), "{m}");
-    assert!(m.contains("sentinel_agent_decisions_total{agent=\"waf\",result=\"deny\"} 1"), "{m}");
+    assert!(
+        m.contains("sentinel_agent_decisions_total{agent=\"waf\",result=\"deny\"} 1"),
+        "{m}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
