@@ -516,6 +516,101 @@ impl tower_service::Service<Uri> for UnixConnector {
 mod tests {
     use super::*;
 
+    fn resource(path: &std::path::Path) -> pbc::Agent {
+        pbc::Agent {
+            name: "a".into(),
+            agent_type: "custom".into(),
+            transport: Some(pbc::agent::Transport::UnixSocket(
+                path.display().to_string(),
+            )),
+            timeout_ms: 100,
+            connect_timeout_ms: 50,
+            failure_mode: pbc::FailureMode::Closed as i32,
+            retry: Some(pbc::AgentRetry {
+                attempts: 3,
+                backoff_ms: 10,
+            }),
+            health_check: Some(pbc::AgentHealthCheck::default()),
+            circuit_breaker: Some(pbc::CircuitBreaker {
+                enabled: true,
+                failure_threshold: 2,
+                success_threshold: 1,
+                open_ms: 1000,
+            }),
+            max_body_bytes: 0,
+            body: pbc::AgentBody::None as i32,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn transport_failures_are_retried_within_the_deadline_then_open_the_circuit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("missing.sock");
+        let a = Agent::build(&resource(&path), Address::Unix(path.clone()), "k".into()).unwrap();
+        let timeout = Duration::from_millis(100);
+
+        let started = tokio::time::Instant::now();
+        let e = a
+            .on_request(pb::RequestEvent::default(), timeout)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, AgentFailure::Transport(_)), "{e}");
+        // Three attempts: two backoffs of 10 ms, well inside the deadline.
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(20) && took < timeout,
+            "{took:?}"
+        );
+        assert_eq!(a.circuit(), "closed");
+
+        let e = a
+            .on_request(pb::RequestEvent::default(), timeout)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, AgentFailure::Transport(_)));
+        assert_eq!(a.circuit(), "open", "failure-threshold 2");
+        let started = tokio::time::Instant::now();
+        let e = a
+            .on_request(pb::RequestEvent::default(), timeout)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, AgentFailure::CircuitOpen));
+        assert_eq!(started.elapsed(), Duration::ZERO, "no call while open");
+
+        // After open_ms one probe goes; it fails, and the circuit opens again.
+        tokio::time::advance(Duration::from_millis(1000)).await;
+        let e = a
+            .on_request(pb::RequestEvent::default(), timeout)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, AgentFailure::Transport(_)));
+        assert_eq!(a.circuit(), "open");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_backoff_that_would_pass_the_deadline_is_not_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("missing.sock");
+        let mut r = resource(&path);
+        r.retry = Some(pbc::AgentRetry {
+            attempts: 10,
+            backoff_ms: 60,
+        });
+        let a = Agent::build(&r, Address::Unix(path), "k".into()).unwrap();
+        let started = tokio::time::Instant::now();
+        let e = a
+            .on_request(pb::RequestEvent::default(), Duration::from_millis(100))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, AgentFailure::Transport(_)));
+        // One backoff of 60 ms fits in 100 ms; a second would not.
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(60) && took < Duration::from_millis(100),
+            "{took:?}"
+        );
+    }
+
     #[test]
     fn server_statuses_are_not_transport_errors() {
         let local = tonic::Status::unavailable("error trying to connect");
