@@ -208,6 +208,11 @@ pub async fn serve_shared<A: Agent>(listen: Listen, agent: Arc<A>) -> std::io::R
     }
 }
 
+/// Cancelled calls tolerated before a connection is closed (see `connection`).
+const MAX_PENDING_RESETS: usize = 100_000;
+/// Calls in progress per connection (a proxy multiplexes every call on one).
+const MAX_CONCURRENT_CALLS: u32 = 10_000;
+
 /// One HTTP/2 connection from a proxy. Aborting its task (via the
 /// `JoinSet` of the accept loop) closes it.
 async fn connection<S>(stream: S, routes: tonic::service::Routes)
@@ -215,10 +220,16 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let svc = TowerToHyperService::new(routes);
-    if let Err(e) = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-        .serve_connection(TokioIo::new(stream), svc)
-        .await
-    {
+    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    // The proxy cancels a call (RST_STREAM) whenever its client goes away.
+    // h2's default of 20 such resets pending accept is a defence against
+    // hostile clients (CVE-2023-44487) that would close this one shared
+    // connection, failing every other request's call, when many clients
+    // of the proxy disconnect at once.
+    builder
+        .max_pending_accept_reset_streams(MAX_PENDING_RESETS)
+        .max_concurrent_streams(MAX_CONCURRENT_CALLS);
+    if let Err(e) = builder.serve_connection(TokioIo::new(stream), svc).await {
         tracing::debug!(error = %e, "connection ended with an error");
     }
 }
