@@ -69,11 +69,24 @@ pub struct ConnInfo {
     pub client_ip: String,
     pub listener: Arc<str>,
     pub tls: bool,
+    /// What the TLS handshake settled (set once it completed; agents see it).
+    pub tls_facts: std::sync::OnceLock<TlsFacts>,
     /// Set when its listener was removed: answer with `Connection: close`.
     pub stop: Option<tokio::sync::watch::Receiver<bool>>,
     /// Requests in progress and when the last one started or ended, for
     /// the listener's idle (keep-alive) timeout.
     pub activity: Activity,
+}
+
+/// The TLS parameters of a client connection.
+#[derive(Debug, Clone, Default)]
+pub struct TlsFacts {
+    /// The server name the client asked for (SNI), empty when none.
+    pub sni: String,
+    /// The negotiated ALPN protocol (`h2`, `http/1.1`), empty when none.
+    pub alpn: String,
+    /// `TLSv1.3` or `TLSv1.2`.
+    pub version: String,
 }
 
 /// Request activity of one connection (atomics; no lock).
@@ -692,7 +705,15 @@ async fn agents_phase(
             headers: verdict::wire_headers(&parts.headers),
             client_ip: conn.client_ip.clone(),
             client_port: u32::from(conn.client.port()),
-            tls: Some(ap::Tls { secure: conn.tls }),
+            tls: Some({
+                let facts = conn.tls_facts.get();
+                ap::Tls {
+                    secure: conn.tls,
+                    sni: facts.map(|f| f.sni.clone()).unwrap_or_default(),
+                    alpn: facts.map(|f| f.alpn.clone()).unwrap_or_default(),
+                    version: facts.map(|f| f.version.clone()).unwrap_or_default(),
+                }
+            }),
             trace: verdict::trace_context(&parts.headers),
             metadata: at.metadata.clone(),
             body: body_part.0,
@@ -1181,6 +1202,7 @@ mod tests {
             client_ip: "10.1.2.3".into(),
             listener: Arc::from("l"),
             tls: true,
+            tls_facts: Default::default(),
             stop: None,
             activity: Activity::default(),
         };

@@ -869,3 +869,61 @@ async fn agent_state_that_did_not_change_survives_config_swaps() {
     assert_eq!(status(port, "/").await, 200);
     assert_eq!(a.connections(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_see_the_client_connections_tls_facts() {
+    common::init_tls();
+    let backend = Backend::start("app").await;
+    let a = TestAgent::unix().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let cert_path = dir.path().join("cert.pem");
+    let key_path = dir.path().join("key.pem");
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+    let port = free_port();
+    let cfg = format!(
+        r#"
+listeners {{
+    listener "https" {{
+        address "127.0.0.1:{port}"
+        tls {{
+            cert-file "{}"
+            key-file "{}"
+        }}
+    }}
+}}
+upstreams {{ upstream "app" {{ target "{}"; }}; }}
+agents {{
+{}
+}}
+routes {{ route "all" {{ upstream "app"; agents "auth"; }}; }}
+"#,
+        cert_path.display(),
+        key_path.display(),
+        backend.addr,
+        agent("auth", &a, "")
+    );
+    let _proxy = Sentinel::start(&cfg).await;
+    let c = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(cert.cert.pem().as_bytes()).unwrap()])
+        .resolve("localhost", format!("127.0.0.1:{port}").parse().unwrap())
+        .build()
+        .unwrap();
+    let r = c
+        .get(format!("https://localhost:{port}/x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let e = a.agent.last_event().unwrap();
+    let tls = e.tls.unwrap();
+    assert!(tls.secure);
+    assert_eq!(tls.sni, "localhost");
+    assert_eq!(tls.alpn, "h2");
+    assert_eq!(tls.version, "TLSv1.3");
+    assert_eq!(
+        (e.scheme.as_str(), e.http_version.as_str()),
+        ("https", "HTTP/2")
+    );
+}
