@@ -279,10 +279,13 @@ impl Agent {
         event: pb::RequestEvent,
         timeout: Duration,
     ) -> Result<Verdict, AgentFailure> {
+        // The event is copied only when a retry may need it again.
+        let spare = (self.attempts > 1).then(|| event.clone());
+        let mut first = Some(event);
         self.call(
             timeout,
-            |mut c| {
-                let event = event.clone();
+            move |mut c| {
+                let event = first.take().or_else(|| spare.clone()).unwrap_or_default();
                 async move { c.on_request(event).await }
             },
             Verdict::check,
@@ -544,6 +547,9 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn transport_failures_are_retried_within_the_deadline_then_open_the_circuit() {
+        // The process-wide clock starts before this test moves its paused
+        // time forward (other tests in this binary read the same clock).
+        crate::clock::now_ms();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("missing.sock");
         let a = Agent::build(&resource(&path), Address::Unix(path.clone()), "k".into()).unwrap();
@@ -589,6 +595,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_backoff_that_would_pass_the_deadline_is_not_taken() {
+        crate::clock::now_ms();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("missing.sock");
         let mut r = resource(&path);
