@@ -927,3 +927,93 @@ routes {{ route "all" {{ upstream "app"; agents "auth"; }}; }}
         ("https", "HTTP/2")
     );
 }
+
+/// A "gRPC server" on a Unix socket that answers every call with a frame
+/// of bytes that are not a protobuf message, and status OK. Counts calls.
+async fn garbage_agent(path: std::path::PathBuf) -> Arc<AtomicUsize> {
+    use bytes::Bytes;
+    use http_body_util::StreamBody;
+    use hyper::body::Frame;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&calls);
+    let listener = tokio::net::UnixListener::bind(&path).unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let counter = Arc::clone(&counter);
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    move |_req: hyper::Request<hyper::body::Incoming>| {
+                        counter.fetch_add(1, Ordering::SeqCst);
+                        async move {
+                            // Compressed flag 0, length 8, then 8 bytes of
+                            // wire-type garbage; trailers say OK.
+                            let mut frame = vec![0u8, 0, 0, 0, 8];
+                            frame.extend_from_slice(&[0xff; 8]);
+                            let mut trailers = http::HeaderMap::new();
+                            trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+                            let frames: Vec<Result<Frame<Bytes>, std::convert::Infallible>> = vec![
+                                Ok(Frame::data(Bytes::from(frame))),
+                                Ok(Frame::trailers(trailers)),
+                            ];
+                            let body = StreamBody::new(futures_util::stream::iter(frames));
+                            Ok::<_, std::convert::Infallible>(
+                                hyper::Response::builder()
+                                    .header("content-type", "application/grpc")
+                                    .body(body)
+                                    .unwrap(),
+                            )
+                        }
+                    },
+                );
+                let _ =
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                        .await;
+            });
+        }
+    });
+    calls
+}
+
+#[tokio::test]
+async fn an_agent_answering_bytes_that_are_not_protobuf_gets_the_failure_mode() {
+    let backend = Backend::start("app").await;
+    let (dir, path) = TestAgent::unix_path();
+    let calls = garbage_agent(path.clone()).await;
+    let port = free_port();
+    let block = format!(
+        "    agent \"junk\" {{\n        unix-socket \"{}\"\n        retry {{ attempts 3; backoff-ms 1; }}\n        health-check {{ enabled #false; }}\n        circuit-breaker {{ enabled #false; }}\n    }}\n",
+        path.display()
+    );
+    let proxy = Sentinel::start(&doc(
+        port,
+        backend.addr,
+        &block,
+        &(route("closed", "/closed", &["junk"], "")
+            + &route("open", "/open", &["junk"], "failure-mode \"open\"")),
+    ))
+    .await;
+    assert_eq!(status(port, "/closed").await, 503);
+    assert_eq!(status(port, "/open").await, 200);
+    let m = proxy.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "sentinel_agent_errors_total{agent=\"junk\",kind=\"invalid\"}"
+        ),
+        2.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "sentinel_agent_retries_total{agent=\"junk\"}"),
+        0.0,
+        "an answer is not retried"
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    assert!(
+        proxy.logs().contains("failed to decode"),
+        "{}",
+        proxy.logs()
+    );
+    drop(dir);
+}

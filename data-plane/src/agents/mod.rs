@@ -374,6 +374,9 @@ impl Agent {
                     }
                     break Err(AgentFailure::Transport(status_text(&status)));
                 }
+                Ok(Err(status)) if is_undecodable(&status) => {
+                    break Err(AgentFailure::Invalid(status_text(&status)));
+                }
                 Ok(Err(status)) => break Err(AgentFailure::Status(status_text(&status))),
             }
         };
@@ -423,7 +426,12 @@ impl Drop for ProbeGuard<'_> {
 /// made on this side (no connection, connection lost, stream reset) does
 /// not. A body that does not decode is the agent's answer, not transport.
 fn is_transport(status: &tonic::Status) -> bool {
-    status.metadata().is_empty() && !status.message().starts_with("failed to decode")
+    status.metadata().is_empty() && !is_undecodable(status)
+}
+
+/// The agent answered bytes that are not a message of the protocol.
+fn is_undecodable(status: &tonic::Status) -> bool {
+    status.message().starts_with("failed to decode")
 }
 
 fn status_text(status: &tonic::Status) -> String {

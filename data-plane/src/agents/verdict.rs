@@ -306,6 +306,57 @@ mod tests {
         }
     }
 
+    /// Bad input never panics: random statuses, names, values and
+    /// metadata are either usable or refused.
+    #[test]
+    fn random_decisions_are_checked_without_panicking() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(14);
+        let bytes = |rng: &mut rand::rngs::SmallRng, max: usize| -> Vec<u8> {
+            let n = rng.random_range(0..max);
+            (0..n).map(|_| rng.random()).collect()
+        };
+        for _ in 0..5000 {
+            let name = String::from_utf8_lossy(&bytes(&mut rng, 12)).into_owned();
+            let value = bytes(&mut rng, 12);
+            let header = pb::Header {
+                name: name.clone(),
+                value: value.clone(),
+            };
+            let action = match rng.random_range(0..4) {
+                0 => None,
+                1 => Some(A::Allow(pb::Allow {})),
+                2 => Some(A::Deny(pb::Deny {
+                    status: rng.random(),
+                    headers: vec![header.clone()],
+                    body: value.clone(),
+                })),
+                _ => Some(A::Redirect(pb::Redirect {
+                    status: rng.random_range(0..1000),
+                    location: name.clone(),
+                })),
+            };
+            let d = pb::RequestDecision {
+                action,
+                request_headers: Some(pb::HeaderMutation {
+                    set: vec![header.clone()],
+                    add: vec![header.clone()],
+                    remove: vec![name.clone()],
+                }),
+                response_headers: None,
+                metadata: [(name.clone(), String::from_utf8_lossy(&value).into_owned())]
+                    .into_iter()
+                    .collect(),
+                inspect_response: rng.random(),
+            };
+            if let Ok(v) = Verdict::check(d) {
+                let mut h = HeaderMap::new();
+                v.request_headers.apply(&mut h);
+                v.response_headers.apply(&mut h);
+            }
+        }
+    }
+
     #[test]
     fn deny_and_redirect_defaults() {
         let v = Verdict::check(pb::RequestDecision {
