@@ -302,7 +302,14 @@ fn route(o: &mut Out, r: &pb::Route) {
     let p = r.policies.clone().unwrap_or_default();
     o.open("policies");
     o.line(format!("timeout-secs {}", p.timeout_ms / 1000));
-    o.line(format!("failure-mode {}", failure_mode(p.failure_mode)));
+    // On a route with agents a written `failure-mode` overrides theirs, so
+    // it is printed only when it does.
+    if r.agents.is_empty() || p.agent_failure_mode != 0 {
+        o.line(format!("failure-mode {}", failure_mode(p.failure_mode)));
+    }
+    if p.agent_timeout_ms > 0 {
+        o.line(format!("agent-timeout-ms {}", p.agent_timeout_ms));
+    }
     o.line(format!("max-body-bytes {}", p.max_body_bytes));
     for (label, rw) in [
         ("request-headers", &p.request_headers),
@@ -622,7 +629,12 @@ fn agent(o: &mut Out, a: &pb::Agent) {
     o.line(format!("unhealthy-threshold {}", h.unhealthy_threshold));
     o.close();
     breaker(o, &a.circuit_breaker.unwrap_or_default());
-    o.line(format!("send-body {}", b(a.send_body)));
+    let body = match pb::AgentBody::try_from(a.body) {
+        Ok(pb::AgentBody::Buffered) => "buffered",
+        Ok(pb::AgentBody::Streamed) => "streamed",
+        _ => "none",
+    };
+    o.line(format!("body {}", q(body)));
     o.line(format!("max-body-bytes {}", a.max_body_bytes));
     o.close();
 }

@@ -276,22 +276,49 @@ fn cases() -> Vec<Case> {
             "name the master after the hosts",
         ),
         with_help(
-            "agents block",
-            "@@agents {\n  agent \"a\" { unix-socket \"/run/a.sock\"; }\n}\n",
-            "`agents` is not supported yet: proxies cannot run external agents",
-            "issue 14",
-        ),
-        with_help(
-            "route naming agents",
-            "agents {\n  agent \"a\" { unix-socket \"/run/a.sock\"; }\n}\nroutes {\n  route \"r\" {\n    upstream \"api\"\n    @@agents \"a\"\n  }\n}\n",
-            "`agents \"a\"` is not supported yet",
-            "issue 14",
-        ),
-        with_help(
-            "route failure-mode open",
+            "route failure-mode open without agents",
             "routes {\n  route \"r\" {\n    upstream \"api\"\n    policies {\n      @@failure-mode \"open\"\n    }\n  }\n}\n",
-            "route `failure-mode \"open\"` is not supported yet",
-            "routes fail closed",
+            "route `failure-mode \"open\"` needs agents",
+            "list the route's `agents`",
+        ),
+        // --- agents (issue 14)
+        with_help(
+            "agent timeout on a route without agents",
+            "routes {\n  route \"r\" {\n    upstream \"api\"\n    policies {\n      @@agent-timeout-ms 50\n    }\n  }\n}\n",
+            "`agent-timeout-ms` on a route without agents",
+            "list the route's `agents`",
+        ),
+        with_help(
+            "streamed agent body",
+            "agents {\n  agent \"a\" {\n    unix-socket \"/run/a.sock\"\n    @@body \"streamed\"\n  }\n}\n",
+            "`body \"streamed\"` is not supported yet",
+            "use `body \"buffered\"`",
+        ),
+        with_help(
+            "unknown agent body mode",
+            "agents {\n  agent \"a\" {\n    unix-socket \"/run/a.sock\"\n    body @@\"buffer\"\n  }\n}\n",
+            "body",
+            "did you mean `buffered`?",
+        ),
+        case(
+            "agent over https",
+            "agents {\n  agent \"a\" {\n    grpc @@\"https://127.0.0.1:50051\"\n  }\n}\n",
+            "TLS to agents is not supported yet",
+        ),
+        case(
+            "agent without transport",
+            "agents {\n  @@agent \"a\" {\n    timeout-ms 5\n  }\n}\n",
+            "agent `a` has no transport",
+        ),
+        case(
+            "agent relative socket",
+            "agents {\n  agent \"a\" {\n    unix-socket @@\"run/a.sock\"\n  }\n}\n",
+            "must be absolute",
+        ),
+        case(
+            "agent listed twice in a route",
+            "agents {\n  agent \"a\" { unix-socket \"/run/a.sock\"; }\n}\nroutes {\n  route \"r\" {\n    upstream \"api\"\n    agents \"a\" @@\"a\"\n  }\n}\n",
+            "agent `a` is listed twice",
         ),
         with_help(
             "otlp tracing",
@@ -593,7 +620,8 @@ fn features_proxies_cannot_run_are_refused_but_their_supported_forms_compile() {
         .filter(|d| d.message.contains("is not supported yet"))
         .map(|d| (d.line, d.column))
         .collect();
-    assert_eq!(refused, vec![(1, 1), (6, 5), (13, 29)], "{d}");
+    // Agents run since issue 14: only the OTLP backend is refused.
+    assert_eq!(refused, vec![(6, 5)], "{d}");
     let rendered = d.render(false);
     assert!(rendered.contains("all.kdl:6:5"), "{rendered}");
     assert!(

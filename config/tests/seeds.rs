@@ -179,3 +179,117 @@ fn the_seeds_discovery_examples_compile() {
     };
     assert_eq!((d.port, d.refresh_interval_ms), (8080, 60_000));
 }
+
+/// The agent examples of "Why Sentinel Doesn't Manage Agents", as written
+/// (KDL v2 `#true`), completed with what a whole document needs. The
+/// seed's "Set Appropriate Timeouts" fragments (`agent "auth" { timeout-ms
+/// 50 }`) have no transport and are not whole agents; they are covered by
+/// the full examples' `timeout-ms`.
+pub const AGENTS: &str = r#"
+agents {
+    // Unix socket (local)
+    agent "auth" type="auth" {
+        unix-socket "/run/sentinel/auth.sock"
+        timeout-ms 100
+        failure-mode "closed"
+
+        health-check {
+            enabled #true
+            interval-ms 5000
+            timeout-ms 100
+            healthy-threshold 2
+            unhealthy-threshold 3
+        }
+
+        circuit-breaker {
+            failure-threshold 5
+            success-threshold 3
+            timeout-seconds 30
+        }
+
+        connect-timeout-ms 1000
+
+        retry {
+            attempts 2
+            backoff-ms 10
+        }
+    }
+
+    // gRPC (local or remote)
+    agent "waf" type="waf" {
+        grpc "http://waf-service:50051"
+        timeout-ms 200
+        failure-mode "open"
+    }
+
+    agent "metrics" type="custom" {
+        grpc "http://localhost:50052"
+        failure-mode "open"  // Observability: fail open
+    }
+}
+upstreams {
+    upstream "api" {
+        target "127.0.0.1:8080"
+    }
+}
+routes {
+    route "api" {
+        upstream "api"
+        agents "auth" "waf" "metrics"
+    }
+}
+"#;
+
+#[test]
+fn the_seeds_agent_examples_compile() {
+    let s = compile("agents.kdl", AGENTS);
+    let agent = |name: &str| {
+        s.agents
+            .iter()
+            .find(|a| a.name == name)
+            .expect(name)
+            .clone()
+    };
+    let auth = agent("auth");
+    assert_eq!(auth.agent_type, "auth");
+    assert_eq!(
+        auth.transport,
+        Some(pb::agent::Transport::UnixSocket(
+            "/run/sentinel/auth.sock".into()
+        ))
+    );
+    assert_eq!((auth.timeout_ms, auth.connect_timeout_ms), (100, 1000));
+    assert_eq!(auth.failure_mode, pb::FailureMode::Closed as i32);
+    let h = auth.health_check.unwrap();
+    assert_eq!(
+        (
+            h.enabled,
+            h.interval_ms,
+            h.timeout_ms,
+            h.healthy_threshold,
+            h.unhealthy_threshold
+        ),
+        (true, 5000, 100, 2, 3)
+    );
+    let cb = auth.circuit_breaker.unwrap();
+    assert_eq!(
+        (cb.failure_threshold, cb.success_threshold, cb.open_ms),
+        (5, 3, 30_000)
+    );
+    let r = auth.retry.unwrap();
+    assert_eq!((r.attempts, r.backoff_ms), (2, 10));
+    let waf = agent("waf");
+    assert_eq!(
+        waf.transport,
+        Some(pb::agent::Transport::Grpc(
+            "http://waf-service:50051".into()
+        ))
+    );
+    assert_eq!(
+        (waf.timeout_ms, waf.failure_mode),
+        (200, pb::FailureMode::Open as i32)
+    );
+    assert_eq!(agent("metrics").timeout_ms, 100, "the seed's default");
+    let route = &s.routes[0];
+    assert_eq!(route.agents, ["auth", "waf", "metrics"]);
+}

@@ -12,7 +12,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_sentinel-cp");
 const BASE: &str = "listeners {\n  listener \"l\" { address \"127.0.0.1:1\"; }\n}\nupstreams {\n  upstream \"u\" { target \"127.0.0.1:9\"; }\n}\n";
 
 /// (what, extra document text, line of the refused node, its column,
-/// message fragment, issue named in the help).
+/// message fragment, what the help names: the issue, or the alternative).
 fn cases() -> Vec<(
     &'static str,
     &'static str,
@@ -22,13 +22,14 @@ fn cases() -> Vec<(
     &'static str,
 )> {
     vec![
+        // Agents run since issue 14; a streamed agent body does not yet.
         (
-            "agents",
-            "agents {\n  agent \"a\" { unix-socket \"/run/a.sock\"; }\n}\nroutes {\n  route \"r\" { upstream \"u\"; }\n}\n",
-            7,
-            1,
-            "`agents` is not supported yet",
-            "issue 14",
+            "streamed agent body",
+            "agents {\n  agent \"a\" { unix-socket \"/run/a.sock\"; body \"streamed\"; }\n}\nroutes {\n  route \"r\" { upstream \"u\"; }\n}\n",
+            8,
+            42,
+            "`body \"streamed\"` is not supported yet",
+            "body \"buffered\"",
         ),
         (
             "otlp tracing",

@@ -40,6 +40,7 @@ pub fn router(proxy: Arc<Proxy>) -> Router {
         .route("/admin/upstreams", get(upstreams))
         .route("/admin/upstreams/{name}/health", get(upstream_health))
         .route("/admin/upstreams/{name}/check", post(check))
+        .route("/admin/agents", get(agents))
         // `observability { metrics { path "…" } }` may move the metrics
         // elsewhere; the handler serves them only at the configured path.
         .fallback(get(metrics))
@@ -212,6 +213,31 @@ async fn upstreams(State(a): State<Admin>) -> Response {
         json!({ "upstreams": list.into_iter().map(|u| upstream_view(u)).collect::<Vec<_>>() }),
     )
     .into_response()
+}
+
+/// Each agent: where it is, its failure mode and timeout, whether its
+/// health checks pass and its circuit state.
+async fn agents(State(a): State<Admin>) -> Response {
+    let Some(rt) = a.proxy.runtime() else {
+        return not_found("no configuration applied yet");
+    };
+    let mut list: Vec<_> = rt.agents.values().collect();
+    list.sort_by(|x, y| x.name.cmp(&y.name));
+    let views: Vec<_> = list
+        .into_iter()
+        .map(|g| {
+            json!({
+                "name": g.name,
+                "type": g.resource.agent_type,
+                "address": g.address.to_string(),
+                "timeout_ms": g.timeout.as_millis() as u64,
+                "failure_mode": if g.failure_open { "open" } else { "closed" },
+                "healthy": g.healthy(),
+                "circuit": g.circuit(),
+            })
+        })
+        .collect();
+    axum::Json(json!({ "agents": views })).into_response()
 }
 
 async fn upstream_health(State(a): State<Admin>, Path(name): Path<String>) -> Response {

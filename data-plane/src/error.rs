@@ -48,6 +48,8 @@ pub enum ProxyError {
     },
     #[error("filter `{filter}` failed and the route fails closed: {reason}")]
     FilterFailed { filter: String, reason: String },
+    #[error("agent `{agent}` could not decide and fails closed: {reason}")]
+    AgentFailed { agent: String, reason: String },
     #[error("the proxy is shutting down")]
     ShuttingDown,
     #[error("the response body ran past the request deadline")]
@@ -74,6 +76,7 @@ impl ProxyError {
             | ProxyError::BodyStalled { .. } => Source::Upstream,
             ProxyError::NoTarget(_)
             | ProxyError::FilterFailed { .. }
+            | ProxyError::AgentFailed { .. }
             | ProxyError::ShuttingDown => Source::Internal,
         }
     }
@@ -105,6 +108,7 @@ impl ProxyError {
             ProxyError::RequestBodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ProxyError::NoTarget(_)
             | ProxyError::FilterFailed { .. }
+            | ProxyError::AgentFailed { .. }
             | ProxyError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -126,6 +130,7 @@ impl ProxyError {
             ProxyError::BadRequest(_) => "bad request",
             ProxyError::RateLimited { .. } => "too many requests",
             ProxyError::FilterFailed { .. } => "a filter failed",
+            ProxyError::AgentFailed { .. } => "an agent could not check the request",
             ProxyError::ShuttingDown => "the proxy is shutting down",
             ProxyError::RequestBodyTimeout { .. } => "the request body was not sent in time",
         }

@@ -11,7 +11,8 @@
 //! through the same path and keeps a last-good copy on disk ([`cache`]).
 //!
 //! Map: `routing` (route matching), `upstream/` (`balance`, `health`,
-//! `breaker`, pool and retry budget in `mod.rs`), `ratelimit`, `listeners`
+//! `breaker`, pool and retry budget in `mod.rs`), `ratelimit`, `agents`
+//! (external agents: client, breaker, health checks, decisions), `listeners`
 //! (accept, TLS, limits, drain), `admin` (admin listener), `telemetry`
 //! (logs and metrics, with logging that follows the live config), `workers`
 //! (the worker-thread count fixed at start), `error` (the one error type and
@@ -22,6 +23,7 @@
 //! never runs on a tokio worker (see `apply::off_workers`).
 
 pub mod admin;
+pub mod agents;
 pub mod apply;
 pub mod body;
 pub mod cache;

@@ -307,6 +307,7 @@ async fn serve_connection(
         client_ip: client.ip().to_string(),
         listener: Arc::from(spec.name.as_str()),
         tls: spec.tls.is_some(),
+        tls_facts: Default::default(),
         stop: Some(stop.clone()),
         activity: proxy::Activity::default(),
     });
@@ -340,6 +341,7 @@ async fn serve_connection(
         .keep_alive_interval(Some((keepalive / 2).max(Duration::from_secs(1))))
         .keep_alive_timeout(H2_PING_TIMEOUT)
         .max_header_list_size(limits.max_header_bytes.max(8192));
+    let facts_of = Arc::clone(&conn);
     let service = hyper::service::service_fn(move |req| {
         proxy::serve(Arc::clone(&shared), Arc::clone(&conn), req)
     });
@@ -355,6 +357,20 @@ async fn serve_connection(
                     }
                     Err(_) => return,
                 };
+            let session = tls_stream.get_ref().1;
+            let _ = facts_of.tls_facts.set(proxy::TlsFacts {
+                sni: session.server_name().unwrap_or("").to_string(),
+                alpn: session
+                    .alpn_protocol()
+                    .map(|p| String::from_utf8_lossy(p).into_owned())
+                    .unwrap_or_default(),
+                version: match session.protocol_version() {
+                    Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3".into(),
+                    Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2".into(),
+                    Some(v) => format!("{v:?}"),
+                    None => String::new(),
+                },
+            });
             let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
             let builder = if h2 {
                 builder.http2_only()
@@ -501,6 +517,7 @@ mod tests {
             client_ip: "127.0.0.1".into(),
             listener: Arc::from("l"),
             tls: false,
+            tls_facts: Default::default(),
             stop: None,
             activity: proxy::Activity::default(),
         });

@@ -3,11 +3,16 @@
 //! 1. **limits** — URI and declared body size;
 //! 2. **route** — match on the runtime's router (404 otherwise);
 //! 3. **filters** — rate limits, in the route's order;
-//! 4. **pick + forward** — choose a target, send with timeouts, retry
+//! 4. **agents** — external agents, in the route's order: each may allow
+//!    (rewriting request and response headers, adding metadata), deny or
+//!    redirect; one that cannot decide gets the route's or its own failure
+//!    mode (`agents` owns the calls; this file applies the outcome);
+//! 5. **pick + forward** — choose a target, send with timeouts, retry
 //!    idempotent requests on connect errors and configured statuses within
 //!    the retry budget; WebSocket upgrades are spliced through;
-//! 5. **response** — header rewrites, request id, rate-limit headers;
-//! 6. **log** — one access-log line and the request metrics.
+//! 6. **response** — agents that asked see the response head; header
+//!    rewrites (agents' too), request id, rate-limit headers;
+//! 7. **log** — one access-log line and the request metrics.
 //!
 //! The runtime is read with one `ArcSwap` load at the start; the request
 //! finishes on that snapshot whatever swaps happen meanwhile. Errors are
@@ -38,6 +43,8 @@ use hyper_util::rt::TokioIo;
 use rand::Rng;
 use sentinel_proto as pb;
 
+use crate::agents::verdict::{self, Action, Mutation};
+use crate::agents::{Agent, DecisionResult};
 use crate::body::{self, Body};
 use crate::error::ProxyError;
 use crate::ratelimit::{self, Decision};
@@ -62,11 +69,24 @@ pub struct ConnInfo {
     pub client_ip: String,
     pub listener: Arc<str>,
     pub tls: bool,
+    /// What the TLS handshake settled (set once it completed; agents see it).
+    pub tls_facts: std::sync::OnceLock<TlsFacts>,
     /// Set when its listener was removed: answer with `Connection: close`.
     pub stop: Option<tokio::sync::watch::Receiver<bool>>,
     /// Requests in progress and when the last one started or ended, for
     /// the listener's idle (keep-alive) timeout.
     pub activity: Activity,
+}
+
+/// The TLS parameters of a client connection.
+#[derive(Debug, Clone, Default)]
+pub struct TlsFacts {
+    /// The server name the client asked for (SNI), empty when none.
+    pub sni: String,
+    /// The negotiated ALPN protocol (`h2`, `http/1.1`), empty when none.
+    pub alpn: String,
+    /// `TLSv1.3` or `TLSv1.2`.
+    pub version: String,
 }
 
 /// Request activity of one connection (atomics; no lock).
@@ -137,6 +157,18 @@ struct Trace {
     target: Option<usize>,
     attempts: u32,
     limits: Option<Decision>,
+    /// What the route's agents said about the response and the log.
+    agents: Option<Box<AgentTrace>>,
+}
+
+/// The agents' contributions to a request (boxed: most routes have none).
+#[derive(Default)]
+struct AgentTrace {
+    /// Response header mutations, in the agents' order.
+    response_headers: Vec<Mutation>,
+    /// Agents that asked for the response head.
+    inspect: Vec<Arc<Agent>>,
+    metadata: std::collections::HashMap<String, String>,
 }
 
 /// Entry point of the hyper service.
@@ -171,6 +203,19 @@ pub async fn serve(
             resp
         }
     };
+    if let Some(agents) = trace.agents.as_deref_mut() {
+        if failure.is_none()
+            && !agents.inspect.is_empty()
+            && let Some(route) = trace.route.as_ref()
+            && let Err(e) = response_agents(route, agents, &mut resp, &request_id).await
+        {
+            resp = error_response(&e, &request_id);
+            failure = Some(e);
+        }
+        for m in &agents.response_headers {
+            m.apply(resp.headers_mut());
+        }
+    }
     if let Some(d) = trace.limits {
         rate_limit_headers(resp.headers_mut(), &d);
     }
@@ -210,6 +255,7 @@ pub async fn serve(
             attempts = trace.attempts,
             status = status.as_u16(),
             duration_ms = elapsed.as_secs_f64() * 1000.0,
+            agent_metadata = %MetadataDetail(trace.agents.as_deref()),
             error = %ErrorDetail(failure.as_ref()),
             "request"
         );
@@ -224,6 +270,27 @@ pub async fn serve(
         }
     }
     Ok(resp)
+}
+
+/// The agents' dynamic metadata for the access log (`k=v k=v`, sorted),
+/// `-` when there was none.
+struct MetadataDetail<'a>(Option<&'a AgentTrace>);
+
+impl std::fmt::Display for MetadataDetail<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Some(a) = self.0.filter(|a| !a.metadata.is_empty()) else {
+            return f.write_str("-");
+        };
+        let mut pairs: Vec<_> = a.metadata.iter().collect();
+        pairs.sort();
+        for (i, (k, v)) in pairs.into_iter().enumerate() {
+            if i > 0 {
+                f.write_str(" ")?;
+            }
+            write!(f, "{k}={v}")?;
+        }
+        Ok(())
+    }
 }
 
 /// An error's full detail for the access log, `-` when there was none.
@@ -345,6 +412,26 @@ async fn handle(
     let upgrade = is_upgrade(&req);
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, incoming) = req.into_parts();
+    let mut incoming = body::incoming(incoming);
+
+    // --- agents
+    if !route.resource.agents.is_empty()
+        && let Some(answer) = agents_phase(
+            rt,
+            conn,
+            &route,
+            &mut parts,
+            &mut incoming,
+            &host,
+            request_id,
+            upstream,
+            trace,
+        )
+        .await?
+    {
+        return Ok(answer);
+    }
+
     let hash_key = hash_key_value(upstream, &parts, client_ip_text);
     // Decided from the body itself: an HTTP/2 upload has neither
     // Content-Length nor Transfer-Encoding.
@@ -387,7 +474,7 @@ async fn handle(
     } else if replayable && declared_len.is_some() {
         // Buffered for retries; the client gets `write` between chunks here
         // as it does when streamed.
-        let body = body::incoming(incoming);
+        let body = incoming;
         let body = match write_idle {
             Some(_) => TimedBody::new(body, None, write_idle, None, None, Side::Request).boxed(),
             None => body,
@@ -401,7 +488,7 @@ async fn handle(
             })?;
         Some(collected.to_bytes())
     } else {
-        let body = body::incoming(incoming);
+        let body = incoming;
         let body = if max_body > 0 {
             http_body_util::Limited::new(body, max_body as usize).boxed_unsync()
         } else {
@@ -548,6 +635,231 @@ async fn handle(
             }
         }
     }
+}
+
+/// Phase 4: the route's agents, in order. `Ok(Some)` is a deny or a
+/// redirect (the request goes no further); `Ok(None)` lets it through with
+/// the agents' request header mutations applied to `parts`.
+#[allow(clippy::too_many_arguments)]
+async fn agents_phase(
+    rt: &Runtime,
+    conn: &ConnInfo,
+    route: &RouteEntry,
+    parts: &mut http::request::Parts,
+    body: &mut Body,
+    host: &str,
+    request_id: &HeaderValue,
+    upstream: &Upstream,
+    trace: &mut Trace,
+) -> Result<Option<Response<Body>>, ProxyError> {
+    use sentinel_proto::agent_protocol as ap;
+
+    let policies = &route.policies;
+    let agents: Vec<&Arc<Agent>> = route
+        .resource
+        .agents
+        .iter()
+        .filter_map(|n| rt.agents.get(n))
+        .collect();
+    // The body's beginning, read once for every agent that wants it.
+    let want = agents.iter().filter_map(|a| a.body_bytes).max();
+    let (prefix, more) = match want {
+        Some(limit) if !body.is_end_stream() => {
+            let request_ms = if policies.timeout_ms > 0 {
+                policies.timeout_ms
+            } else {
+                upstream.timeouts.request_ms
+            };
+            read_prefix(body, limit, Duration::from_millis(request_ms.max(1))).await?
+        }
+        _ => (Bytes::new(), false),
+    };
+    let failure_open = match pb::FailureMode::try_from(policies.agent_failure_mode) {
+        Ok(pb::FailureMode::Open) => Some(true),
+        Ok(pb::FailureMode::Closed) => Some(false),
+        _ => None,
+    };
+    let timeout_override =
+        (policies.agent_timeout_ms > 0).then(|| Duration::from_millis(policies.agent_timeout_ms));
+    let request_id_text = request_id.to_str().unwrap_or("-");
+    let at = trace.agents.get_or_insert_with(Default::default);
+    for agent in agents {
+        let body_part = match agent.body_bytes {
+            Some(limit) => {
+                let n = prefix.len().min(limit as usize);
+                (prefix.slice(..n).to_vec(), more || n < prefix.len())
+            }
+            None => (Vec::new(), false),
+        };
+        let event = ap::RequestEvent {
+            protocol_version: ap::PROTOCOL_VERSION,
+            request_id: request_id_text.to_string(),
+            route: route.name.to_string(),
+            agent: agent.name.clone(),
+            method: parts.method.as_str().to_string(),
+            scheme: if conn.tls { "https" } else { "http" }.to_string(),
+            authority: host.to_string(),
+            path: parts.uri.path().to_string(),
+            query: parts.uri.query().unwrap_or("").to_string(),
+            http_version: verdict::version_text(parts.version).to_string(),
+            headers: verdict::wire_headers(&parts.headers),
+            client_ip: conn.client_ip.clone(),
+            client_port: u32::from(conn.client.port()),
+            tls: Some({
+                let facts = conn.tls_facts.get();
+                ap::Tls {
+                    secure: conn.tls,
+                    sni: facts.map(|f| f.sni.clone()).unwrap_or_default(),
+                    alpn: facts.map(|f| f.alpn.clone()).unwrap_or_default(),
+                    version: facts.map(|f| f.version.clone()).unwrap_or_default(),
+                }
+            }),
+            trace: verdict::trace_context(&parts.headers),
+            metadata: at.metadata.clone(),
+            body: body_part.0,
+            body_truncated: body_part.1,
+        };
+        let timeout = timeout_override.unwrap_or(agent.timeout);
+        let v = match agent.on_request(event, timeout).await {
+            Ok(v) => v,
+            Err(failure) => {
+                if failure_open.unwrap_or(agent.failure_open) {
+                    agent.count(DecisionResult::FailedOpen);
+                    tracing::debug!(agent = %agent.name, request_id = request_id_text, error = %failure, "agent failed; failing open");
+                    continue;
+                }
+                agent.count(DecisionResult::FailedClosed);
+                return Err(ProxyError::AgentFailed {
+                    agent: agent.name.clone(),
+                    reason: failure.to_string(),
+                });
+            }
+        };
+        at.metadata.extend(v.metadata);
+        if !v.response_headers.is_empty() {
+            at.response_headers.push(v.response_headers);
+        }
+        let answer = match v.action {
+            Action::Allow => {
+                agent.count(DecisionResult::Allow);
+                v.request_headers.apply(&mut parts.headers);
+                if v.inspect_response {
+                    at.inspect.push(Arc::clone(agent));
+                }
+                continue;
+            }
+            Action::Deny {
+                status,
+                headers,
+                body,
+            } => {
+                agent.count(DecisionResult::Deny);
+                let mut resp = Response::new(body::full(body));
+                *resp.status_mut() = status;
+                for (n, v) in headers {
+                    resp.headers_mut().append(n, v);
+                }
+                resp
+            }
+            Action::Redirect { status, location } => {
+                agent.count(DecisionResult::Redirect);
+                let mut resp = Response::new(body::empty());
+                *resp.status_mut() = status;
+                resp.headers_mut().insert(header::LOCATION, location);
+                resp
+            }
+        };
+        let mut answer = answer;
+        answer
+            .headers_mut()
+            .insert(X_REQUEST_ID.clone(), request_id.clone());
+        return Ok(Some(answer));
+    }
+    if want.is_some() && !prefix.is_empty() {
+        let rest = std::mem::replace(body, body::empty());
+        *body = body::prefixed(prefix, rest);
+    }
+    Ok(None)
+}
+
+/// Reads at most `limit` bytes of `body` (whole frames; one frame may pass
+/// the limit). Returns what was read and whether more remains in `body`.
+async fn read_prefix(
+    body: &mut Body,
+    limit: u64,
+    timeout: Duration,
+) -> Result<(Bytes, bool), ProxyError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut buf = bytes::BytesMut::new();
+    while (buf.len() as u64) < limit {
+        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+            Err(_) => {
+                return Err(ProxyError::RequestBodyTimeout {
+                    timeout_ms: timeout.as_millis() as u64,
+                });
+            }
+            Ok(None) => break,
+            Ok(Some(Err(e))) => return Err(ProxyError::BadRequest(format!("reading body: {e}"))),
+            Ok(Some(Ok(frame))) => frame,
+        };
+        if let Ok(data) = frame.into_data() {
+            buf.extend_from_slice(&data);
+        }
+    }
+    let more = !body.is_end_stream();
+    Ok((buf.freeze(), more))
+}
+
+/// Phase 6 for agents that asked: each sees the response head and may
+/// rewrite its headers. A failure under `failure-mode "closed"` turns the
+/// response into a 503.
+async fn response_agents(
+    route: &RouteEntry,
+    agents: &mut AgentTrace,
+    resp: &mut Response<Body>,
+    request_id: &HeaderValue,
+) -> Result<(), ProxyError> {
+    use sentinel_proto::agent_protocol as ap;
+    let policies = &route.policies;
+    let failure_open = match pb::FailureMode::try_from(policies.agent_failure_mode) {
+        Ok(pb::FailureMode::Open) => Some(true),
+        Ok(pb::FailureMode::Closed) => Some(false),
+        _ => None,
+    };
+    let timeout_override =
+        (policies.agent_timeout_ms > 0).then(|| Duration::from_millis(policies.agent_timeout_ms));
+    for agent in std::mem::take(&mut agents.inspect) {
+        let event = ap::ResponseEvent {
+            protocol_version: ap::PROTOCOL_VERSION,
+            request_id: request_id.to_str().unwrap_or("-").to_string(),
+            route: route.name.to_string(),
+            agent: agent.name.clone(),
+            status: u32::from(resp.status().as_u16()),
+            headers: verdict::wire_headers(resp.headers()),
+            metadata: agents.metadata.clone(),
+        };
+        match agent
+            .on_response(event, timeout_override.unwrap_or(agent.timeout))
+            .await
+        {
+            Ok(v) => {
+                v.response_headers.apply(resp.headers_mut());
+                agents.metadata.extend(v.metadata);
+            }
+            Err(failure) => {
+                if failure_open.unwrap_or(agent.failure_open) {
+                    agent.count(DecisionResult::FailedOpen);
+                    continue;
+                }
+                agent.count(DecisionResult::FailedClosed);
+                return Err(ProxyError::AgentFailed {
+                    agent: agent.name.clone(),
+                    reason: failure.to_string(),
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn backoff(ms: u64) {
@@ -890,6 +1202,7 @@ mod tests {
             client_ip: "10.1.2.3".into(),
             listener: Arc::from("l"),
             tls: true,
+            tls_facts: Default::default(),
             stop: None,
             activity: Activity::default(),
         };

@@ -5,8 +5,8 @@
 //! resolving `${VAR}` references against this proxy's environment. Any
 //! problem is a [`BuildError`] naming the resource, which becomes a NACK or
 //! a failed reload; the running runtime is untouched until a build succeeds.
-//! Upstreams and limiters whose resources did not change are taken over from
-//! the previous runtime as they are.
+//! Upstreams, limiters and agents whose resources did not change are taken
+//! over from the previous runtime as they are.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -15,6 +15,7 @@ use std::sync::Arc;
 use sentinel_config::{Snapshot, env};
 use sentinel_proto as pb;
 
+use crate::agents::{Address, Agent};
 use crate::ratelimit::RateLimiter;
 use crate::routing::Router;
 use crate::upstream::Upstream;
@@ -82,6 +83,9 @@ pub struct Runtime {
     pub router: Router,
     pub upstreams: HashMap<String, Arc<Upstream>>,
     pub limiters: HashMap<String, Arc<RateLimiter>>,
+    /// External agents by name (connections, breakers and health survive
+    /// swaps when their resource did not change).
+    pub agents: HashMap<String, Arc<Agent>>,
     pub listeners: Vec<ListenerSpec>,
     pub settings: pb::Settings,
     /// Resource versions, keyed by (type, name), as held for the stream.
@@ -134,13 +138,6 @@ impl Runtime {
                 T::Settings,
                 pb::SETTINGS_NAME,
                 "observability.tracing: OTLP export is not supported by this proxy yet; set `enabled #false`",
-            ));
-        }
-        if let Some(agent) = snapshot.agents.first() {
-            return Err(BuildError::new(
-                T::Agent,
-                &agent.name,
-                "agents are not supported by this proxy yet",
             ));
         }
 
@@ -246,6 +243,26 @@ impl Runtime {
             limiters.insert(f.name.clone(), limiter);
         }
 
+        let mut agents = HashMap::new();
+        for a in &snapshot.agents {
+            let fail = |m: String| BuildError::new(T::Agent, &a.name, m);
+            let address = match &a.transport {
+                Some(pb::agent::Transport::UnixSocket(p)) => {
+                    Address::Unix(resolve(env_lookup, p).map_err(fail)?.into())
+                }
+                Some(pb::agent::Transport::Grpc(u)) => {
+                    Address::Grpc(resolve(env_lookup, u).map_err(fail)?)
+                }
+                None => return Err(fail("no transport".into())),
+            };
+            let key = format!("{}/{address}", version_of(T::Agent, &a.name));
+            let agent = match previous.and_then(|p| p.agents.get(&a.name)) {
+                Some(old) if old.key == key => Arc::clone(old),
+                _ => Agent::build(a, address, key).map_err(fail)?,
+            };
+            agents.insert(a.name.clone(), agent);
+        }
+
         let versions = resources
             .iter()
             .map(|r| pb::ResourceVersion {
@@ -259,6 +276,7 @@ impl Runtime {
             router,
             upstreams,
             limiters,
+            agents,
             listeners,
             settings: settings.clone(),
             snapshot: Snapshot {

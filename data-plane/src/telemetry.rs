@@ -36,6 +36,12 @@ pub const METRICS: &[&str] = &[
     "sentinel_rate_limit_redis_latency_seconds",
     "sentinel_rate_limit_redis_errors_total",
     "sentinel_rate_limit_fallback_total",
+    "sentinel_agent_health",
+    "sentinel_agent_latency_seconds",
+    "sentinel_agent_decisions_total",
+    "sentinel_agent_errors_total",
+    "sentinel_agent_retries_total",
+    "sentinel_agent_circuit_breaker_state",
     "sentinel_open_connections",
     "sentinel_config_reloads_total",
     "sentinel_config_applies_total",
@@ -53,11 +59,22 @@ pub fn metrics() -> PrometheusHandle {
                 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
                 10.0, 30.0,
             ];
+            // Agents answer in tens of microseconds to milliseconds.
+            let agent_buckets = [
+                0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                0.25, 0.5, 1.0,
+            ];
             let builder = PrometheusBuilder::new()
                 .set_buckets_for_metric(
                     Matcher::Full("sentinel_request_duration_seconds".into()),
                     &buckets,
                 )
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full("sentinel_agent_latency_seconds".into()),
+                        &agent_buckets,
+                    )
+                })
                 .unwrap_or_else(|_| PrometheusBuilder::new());
             match builder.install_recorder() {
                 Ok(handle) => handle,

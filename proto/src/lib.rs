@@ -3,6 +3,8 @@
 //! This crate owns the `sentinel.v1` protobuf package and nothing else: the
 //! generated messages, the tonic client and server for `ConfigStream`, and a
 //! few small conversions between [`ResourceType`] and the names operators see.
+//! It also carries the agent protocol ([`agent_protocol`], `sentinel.agent.v1`) and
+//! the standard gRPC health protocol ([`health`]) agents serve.
 //! It holds no logic; the meaning of each field is documented in the .proto
 //! files under `proto/sentinel/v1/`.
 
@@ -12,6 +14,23 @@ mod generated {
 }
 
 pub use generated::*;
+
+/// The external agent protocol (`sentinel.agent.v1`, docs/protocol.md):
+/// the events the proxy sends an agent and the decisions it gets back.
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
+pub mod agent_protocol {
+    tonic::include_proto!("sentinel.agent.v1");
+
+    /// The protocol revision this build speaks (`protocol_version`).
+    pub const PROTOCOL_VERSION: u32 = 1;
+}
+
+/// The standard gRPC health protocol (`grpc.health.v1`), used to probe
+/// agents.
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
+pub mod health {
+    tonic::include_proto!("grpc.health.v1");
+}
 
 /// The fixed name of the one `Settings` resource of a snapshot.
 pub const SETTINGS_NAME: &str = "settings";

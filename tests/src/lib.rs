@@ -16,6 +16,7 @@
 //! Binaries are passed in by path (`env!("CARGO_BIN_EXE_…")` in the crate
 //! that owns them, or [`workspace_bin`] for the top-level scenarios).
 
+pub mod agent;
 pub mod browser;
 pub mod consul;
 pub mod dnsmasq;

@@ -1,5 +1,10 @@
 //! `agents { agent "name" type="auth" { … } }`: external processes called on
-//! the request path over a Unix socket or gRPC.
+//! the request path over a Unix socket or gRPC (the proxy side is
+//! `data-plane/src/agents`; the protocol `proto/…/agent/v1/agent.proto`).
+//!
+//! Defaults follow the seed: `timeout-ms 100`, `connect-timeout-ms 1000`,
+//! `failure-mode "closed"`, one attempt, health checks every 5 s,
+//! the circuit breaker of upstreams, `body "none"`.
 
 use kdl::KdlNode;
 use miette::SourceSpan;
@@ -18,8 +23,13 @@ const AGENT: &[&str] = &[
     "retry",
     "health-check",
     "circuit-breaker",
-    "send-body",
+    "body",
     "max-body-bytes",
+];
+const BODY_MODES: &[(&str, pb::AgentBody)] = &[
+    ("none", pb::AgentBody::None),
+    ("buffered", pb::AgentBody::Buffered),
+    ("streamed", pb::AgentBody::Streamed),
 ];
 const RETRY: &[&str] = &["attempts", "backoff-ms"];
 const HEALTH: &[&str] = &[
@@ -59,7 +69,7 @@ pub(super) fn agent(ctx: &mut Ctx, node: &KdlNode) -> Option<(String, SourceSpan
             unhealthy_threshold: 3,
         }),
         circuit_breaker: Some(super::upstreams::breaker_defaults(true)),
-        send_body: false,
+        body: pb::AgentBody::None as i32,
         max_body_bytes: 1024 * 1024,
     };
     if let Some(t) = ctx.prop(node, "type")
@@ -101,7 +111,16 @@ pub(super) fn agent(ctx: &mut Ctx, node: &KdlNode) -> Option<(String, SourceSpan
                 a.transport = path.map(pb::agent::Transport::UnixSocket);
             }
             "grpc" => {
-                let url = checked(ctx, child, |s| values::check_url(s, &["http", "https"]));
+                // Plaintext HTTP/2 only: agents run beside the proxy (same
+                // host, pod or private network); TLS to agents is not built.
+                let url = checked(ctx, child, |s| {
+                    if s.starts_with("https://") {
+                        return Err(format!(
+                            "`{s}`: TLS to agents is not supported yet; use `http://` (HTTP/2 without TLS) or `unix-socket`"
+                        ));
+                    }
+                    values::check_url(s, &["http"])
+                });
                 a.transport = url.map(pb::agent::Transport::Grpc);
             }
             "timeout-ms" => a.timeout_ms = ctx.uint(child, 1, 60_000).unwrap_or(a.timeout_ms),
@@ -165,7 +184,15 @@ pub(super) fn agent(ctx: &mut Ctx, node: &KdlNode) -> Option<(String, SourceSpan
                 child,
                 a.circuit_breaker.get_or_insert_with(Default::default),
             ),
-            "send-body" => a.send_body = ctx.boolean(child).unwrap_or(a.send_body),
+            "body" => match ctx.choice(child, BODY_MODES) {
+                Some(pb::AgentBody::Streamed) => ctx.error_help(
+                    name_span(child),
+                    "`body \"streamed\"` is not supported yet: proxies send agents the request head or a buffered body",
+                    "use `body \"buffered\"` with `max-body-bytes` (the agent gets the body's beginning)",
+                ),
+                Some(v) => a.body = v as i32,
+                None => {}
+            },
             "max-body-bytes" => {
                 a.max_body_bytes = ctx.uint(child, 0, 1 << 30).unwrap_or(a.max_body_bytes)
             }

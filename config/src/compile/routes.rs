@@ -24,6 +24,7 @@ const MATCHES: &[&str] = &[
 const POLICIES: &[&str] = &[
     "timeout-secs",
     "failure-mode",
+    "agent-timeout-ms",
     "max-body-bytes",
     "request-headers",
     "response-headers",
@@ -68,9 +69,12 @@ pub(super) fn route(
             max_body_bytes: 0,
             request_headers: Some(pb::HeaderRewrite::default()),
             response_headers: Some(pb::HeaderRewrite::default()),
+            agent_failure_mode: 0,
+            agent_timeout_ms: 0,
         }),
     };
     let mut seen = Seen::default();
+    let mut written = Written::default();
     for child in children(node) {
         if !seen.first(ctx, child, &[]) {
             continue;
@@ -125,12 +129,13 @@ pub(super) fn route(
                 ctx.check_props(child, &[]);
                 ctx.no_args(child);
                 if require_block(ctx, child) {
-                    policies(ctx, child, r.policies.get_or_insert_with(Default::default));
+                    written = policies(ctx, child, r.policies.get_or_insert_with(Default::default));
                 }
             }
             _ => ctx.unknown_node(child, "route", ROUTE),
         }
     }
+    agent_overrides(ctx, &mut r, written);
     if r.upstream.is_empty() && !seen_upstream(node) {
         ctx.error_help(
             name_span(node),
@@ -266,7 +271,48 @@ fn matches(ctx: &mut Ctx, node: &KdlNode) -> pb::RouteMatch {
     m
 }
 
-fn policies(ctx: &mut Ctx, node: &KdlNode, p: &mut pb::RoutePolicies) {
+/// Policies written explicitly in a route's `policies` block that concern
+/// its agents (applied once the whole route is read: `agents` may follow).
+#[derive(Default, Clone, Copy)]
+struct Written {
+    failure_mode: Option<(pb::FailureMode, SourceSpan)>,
+    agent_timeout: Option<(u64, SourceSpan)>,
+}
+
+/// A route's `failure-mode` (when written) and `agent-timeout-ms` override
+/// its agents' own. Without agents, nothing a route runs can fail open
+/// (local rate limits never fail, Redis filters carry their own
+/// `on-redis-failure`): `open` there would be a promise the proxy cannot
+/// keep, and an agent timeout would mean nothing.
+fn agent_overrides(ctx: &mut Ctx, r: &mut pb::Route, written: Written) {
+    let p = r.policies.get_or_insert_with(Default::default);
+    if r.agents.is_empty() {
+        if let Some((pb::FailureMode::Open, span)) = written.failure_mode {
+            ctx.error_help(
+                span,
+                "route `failure-mode \"open\"` needs agents: no filter a route can run fails open",
+                "list the route's `agents`, or remove it (routes fail closed), or set `on-redis-failure \"open\"` on a Redis rate-limit filter",
+            );
+        }
+        if let Some((_, span)) = written.agent_timeout {
+            ctx.error_help(
+                span,
+                "`agent-timeout-ms` on a route without agents",
+                "list the route's `agents`, or remove it",
+            );
+        }
+        return;
+    }
+    if let Some((mode, _)) = written.failure_mode {
+        p.agent_failure_mode = mode as i32;
+    }
+    if let Some((ms, _)) = written.agent_timeout {
+        p.agent_timeout_ms = ms;
+    }
+}
+
+fn policies(ctx: &mut Ctx, node: &KdlNode, p: &mut pb::RoutePolicies) -> Written {
+    let mut written = Written::default();
     let mut seen = Seen::default();
     for child in children(node) {
         if !seen.first(ctx, child, &[]) {
@@ -280,19 +326,13 @@ fn policies(ctx: &mut Ctx, node: &KdlNode, p: &mut pb::RoutePolicies) {
             }
             "failure-mode" => {
                 if let Some(v) = ctx.choice(child, FAILURE_MODES) {
-                    // Nothing a route runs today can fail open: local rate
-                    // limits never fail, Redis filters carry their own
-                    // `on-redis-failure`, and agents are not supported yet.
-                    // `closed` is what the proxy does; `open` would be a
-                    // promise it cannot keep.
-                    if v == pb::FailureMode::Open {
-                        ctx.error_help(
-                            name_span(child),
-                            "route `failure-mode \"open\"` is not supported yet: no filter a route can run fails open (agents arrive with issue 14)",
-                            "remove it (routes fail closed), or set `on-redis-failure \"open\"` on a Redis rate-limit filter",
-                        );
-                    }
                     p.failure_mode = v as i32;
+                    written.failure_mode = Some((v, name_span(child)));
+                }
+            }
+            "agent-timeout-ms" => {
+                if let Some(v) = ctx.uint(child, 1, 60_000) {
+                    written.agent_timeout = Some((v, name_span(child)));
                 }
             }
             "max-body-bytes" => {
@@ -321,6 +361,7 @@ fn policies(ctx: &mut Ctx, node: &KdlNode, p: &mut pb::RoutePolicies) {
             _ => ctx.unknown_node(child, "policies", POLICIES),
         }
     }
+    written
 }
 
 fn header_rewrite(ctx: &mut Ctx, node: &KdlNode) -> pb::HeaderRewrite {

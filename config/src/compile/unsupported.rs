@@ -40,6 +40,7 @@ pub(crate) struct Use {
     pub args: &'static [&'static str],
 }
 
+#[allow(dead_code)] // for the next feature listed by node path alone
 const fn node(path: &'static [&'static str]) -> Use {
     Use { path, args: &[] }
 }
@@ -49,23 +50,15 @@ const fn node_with(path: &'static [&'static str], args: &'static [&'static str])
 }
 
 /// The one list. Delete an entry when the proxy can run the feature.
-pub(crate) const UNSUPPORTED: &[Unsupported] = &[
-    Unsupported {
-        feature: "external agents",
-        issue: 14,
-        instead: "remove the `agents` block and the routes' `agents` lists",
-        uses: &[node(&["agents"]), node(&["routes", "route", "agents"])],
-    },
-    Unsupported {
-        feature: "OTLP trace export",
-        issue: 15,
-        instead: "remove the `backend \"otlp\"` block and write `enabled #false` in `tracing`",
-        uses: &[node_with(
-            &["observability", "tracing", "backend"],
-            &["otlp"],
-        )],
-    },
-];
+pub(crate) const UNSUPPORTED: &[Unsupported] = &[Unsupported {
+    feature: "OTLP trace export",
+    issue: 15,
+    instead: "remove the `backend \"otlp\"` block and write `enabled #false` in `tracing`",
+    uses: &[node_with(
+        &["observability", "tracing", "backend"],
+        &["otlp"],
+    )],
+}];
 
 /// Reports every use of an [`UNSUPPORTED`] feature in `doc`.
 pub(crate) fn check(ctx: &mut Ctx, doc: &KdlDocument) {
