@@ -83,8 +83,8 @@ fn fleet_shows(n: usize, state: &str, version: u32) -> String {
 
 async fn log_in(b: &Browser, secret: &str) {
     let input = b.element("#token").await;
-    input.clear().await.unwrap();
-    input.send_keys(secret).await.unwrap();
+    input.clear().await;
+    input.send_keys(secret).await;
     b.click("#login button[type=submit]").await;
 }
 
@@ -113,7 +113,7 @@ async fn the_console_follows_the_fleet_and_rolls_it_back() {
     converge(&all, "v1").await;
 
     let b = Browser::start(1280, 900).await;
-    b.client.goto(&format!("{}/ui/", cp.url())).await.unwrap();
+    b.goto(&format!("{}/ui/", cp.url())).await;
 
     // The login form: a labelled field; Enter in it submits.
     b.element("#token").await;
@@ -136,7 +136,7 @@ async fn the_console_follows_the_fleet_and_rolls_it_back() {
     assert!(
         b.until(WAIT, &fleet_shows(3, "on", 1)).await,
         "the fleet page never showed 3 nodes on v1: {}",
-        b.client.source().await.unwrap_or_default()
+        b.source().await
     );
     let regions = b
         .js("return [...document.querySelectorAll('[data-region]')].map(e => e.dataset.region);")
@@ -171,14 +171,11 @@ async fn the_console_follows_the_fleet_and_rolls_it_back() {
     );
 
     // The diff between v1 and v2: the changed route, the changed line.
-    b.client
-        .goto(&format!("{}/ui/#/diff/1/2", cp.url()))
-        .await
-        .unwrap();
+    b.goto(&format!("{}/ui/#/diff/1/2", cp.url())).await;
     assert!(
         b.until(WAIT, "const d = document.getElementById('text-diff'); return !!d && [...d.querySelectorAll('.add')].some(e => e.textContent.includes('\"v2\"')) && [...d.querySelectorAll('.del')].some(e => e.textContent.includes('\"v1\"'));").await,
         "the text diff does not show v1 → v2: {}",
-        b.client.source().await.unwrap_or_default()
+        b.source().await
     );
     assert_eq!(
         b.js("return document.querySelector('#changed li').textContent;")
@@ -188,10 +185,7 @@ async fn the_console_follows_the_fleet_and_rolls_it_back() {
     b.screenshot("diff").await;
 
     // Roll back to v1 from the version page, with the confirmation.
-    b.client
-        .goto(&format!("{}/ui/#/version/1", cp.url()))
-        .await
-        .unwrap();
+    b.goto(&format!("{}/ui/#/version/1", cp.url())).await;
     assert!(
         b.until(WAIT, "return !!document.querySelector('#source .k-node');")
             .await,
@@ -230,14 +224,12 @@ async fn the_console_follows_the_fleet_and_rolls_it_back() {
     assert_eq!(status, 201, "{created}");
     let rollout = created["rollout"].as_i64().expect("a rollout id");
     converge(&[&eu1], "v3").await;
-    b.client
-        .goto(&format!("{}/ui/#/rollout/{rollout}", cp.url()))
-        .await
-        .unwrap();
+    b.goto(&format!("{}/ui/#/rollout/{rollout}", cp.url()))
+        .await;
     assert!(
         b.until(WAIT, "const s = document.querySelector('[data-stage=\"0\"]'); return !!s && s.dataset.state === 'baking';").await,
         "stage 1 is not shown baking: {}",
-        b.client.source().await.unwrap_or_default()
+        b.source().await
     );
     assert_eq!(
         served(&us1).await.as_deref(),
@@ -248,7 +240,7 @@ async fn the_console_follows_the_fleet_and_rolls_it_back() {
     assert!(
         b.until(WAIT, "return document.querySelectorAll('#gates [data-gate]').length === 4 && document.querySelector('[data-gate=\"error-rate\"]').textContent.includes('%');").await,
         "no live gate table: {}",
-        b.client.source().await.unwrap_or_default()
+        b.source().await
     );
     assert_eq!(
         b.js("return document.querySelector('main').textContent.includes('null');")
@@ -262,12 +254,9 @@ async fn the_console_follows_the_fleet_and_rolls_it_back() {
     assert!(
         b.until(WAIT, "const s = document.getElementById('rollout-state'); return !!s && s.textContent.startsWith('completed');").await,
         "the rollout page did not follow to completion: {}",
-        b.client.source().await.unwrap_or_default()
+        b.source().await
     );
-    b.client
-        .goto(&format!("{}/ui/#/rollouts", cp.url()))
-        .await
-        .unwrap();
+    b.goto(&format!("{}/ui/#/rollouts", cp.url())).await;
     let listed = format!(
         "const r = document.querySelector('[data-rollout=\"{rollout}\"]'); return !!r && r.dataset.state === 'completed';"
     );
@@ -284,14 +273,11 @@ async fn the_console_follows_the_fleet_and_rolls_it_back() {
     .await;
     converge(&[&eu1, &eu2], "v4").await;
 
-    b.client
-        .goto(&format!("{}/ui/#/fleet", cp.url()))
-        .await
-        .unwrap();
+    b.goto(&format!("{}/ui/#/fleet", cp.url())).await;
     assert!(
         b.until(WAIT, "const n = document.querySelector('[data-node=\"us-1\"]'); return !!n && n.dataset.state === 'nack' && n.title.includes('cannot bind');").await,
         "us-1's NACK is not shown: {}",
-        b.client.source().await.unwrap_or_default()
+        b.source().await
     );
     assert!(
         b.until(
@@ -303,26 +289,17 @@ async fn the_console_follows_the_fleet_and_rolls_it_back() {
     b.screenshot("fleet-nack").await;
 
     // Convergence of the last activation: eu-1 and eu-2 hold v4, us-1 not.
-    b.client
-        .goto(&format!("{}/ui/#/convergence", cp.url()))
-        .await
-        .unwrap();
+    b.goto(&format!("{}/ui/#/convergence", cp.url())).await;
     assert!(
         b.until(WAIT, "const c = document.getElementById('converged'); return !!c && c.textContent.startsWith('2 of 3 nodes held v4');").await,
         "convergence: {}",
-        b.client.source().await.unwrap_or_default()
+        b.source().await
     );
     b.screenshot("convergence").await;
-    b.client
-        .goto(&format!("{}/ui/#/health", cp.url()))
-        .await
-        .unwrap();
+    b.goto(&format!("{}/ui/#/health", cp.url())).await;
     assert!(b.until(WAIT, "return !!document.querySelector('h1') && document.querySelector('h1').textContent === 'Health';").await);
     b.screenshot("health").await;
-    b.client
-        .goto(&format!("{}/ui/#/versions", cp.url()))
-        .await
-        .unwrap();
+    b.goto(&format!("{}/ui/#/versions", cp.url())).await;
     assert!(
         b.until(
             WAIT,
@@ -343,10 +320,7 @@ async fn the_console_follows_the_fleet_and_rolls_it_back() {
     let dark = b
         .js("return getComputedStyle(document.body).backgroundColor;")
         .await;
-    b.client
-        .goto(&format!("{}/ui/#/fleet", cp.url()))
-        .await
-        .unwrap();
+    b.goto(&format!("{}/ui/#/fleet", cp.url())).await;
     assert!(
         b.until(
             WAIT,
@@ -362,10 +336,7 @@ async fn the_console_follows_the_fleet_and_rolls_it_back() {
     assert_ne!(dark, light, "the theme switch changes nothing");
 
     // A lost connection is said so, and comes back by itself.
-    b.client
-        .goto(&format!("{}/ui/#/fleet", cp.url()))
-        .await
-        .unwrap();
+    b.goto(&format!("{}/ui/#/fleet", cp.url())).await;
     cp.kill();
     assert!(
         b.until(
@@ -396,10 +367,7 @@ async fn the_console_follows_the_fleet_and_rolls_it_back() {
         )
         .await
     );
-    b.client
-        .goto(&format!("{}/ui/#/version/2", cp.url()))
-        .await
-        .unwrap();
+    b.goto(&format!("{}/ui/#/version/2", cp.url())).await;
     assert!(
         b.until(WAIT, "return !!document.querySelector('#source .k-node');")
             .await
@@ -409,10 +377,7 @@ async fn the_console_follows_the_fleet_and_rolls_it_back() {
             .await,
         json!(0)
     );
-    b.client
-        .goto(&format!("{}/ui/#/audit", cp.url()))
-        .await
-        .unwrap();
+    b.goto(&format!("{}/ui/#/audit", cp.url())).await;
     assert!(
         b.until(
             WAIT,
@@ -422,11 +387,8 @@ async fn the_console_follows_the_fleet_and_rolls_it_back() {
     );
 
     // On a phone.
-    b.client.set_window_size(390, 844).await.unwrap();
-    b.client
-        .goto(&format!("{}/ui/#/fleet", cp.url()))
-        .await
-        .unwrap();
+    b.set_window_size(390, 844).await;
+    b.goto(&format!("{}/ui/#/fleet", cp.url())).await;
     assert!(
         b.until(
             WAIT,
