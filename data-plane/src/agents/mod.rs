@@ -41,7 +41,7 @@ use sentinel_proto::agent_protocol::agent_client::AgentClient;
 use sentinel_proto::health::health_client::HealthClient;
 use tonic::transport::{Channel, Endpoint, Uri};
 
-use crate::upstream::breaker::{Breaker, Claim, Transition};
+use crate::upstream::breaker::{Breaker, Transition};
 
 pub mod verdict;
 
@@ -344,17 +344,13 @@ impl Agent {
         if !self.healthy() {
             return Err(AgentFailure::Unhealthy);
         }
-        let claim = self.breaker.acquire(&self.breaker_cfg);
-        if claim == Claim::Denied {
-            return Err(AgentFailure::CircuitOpen);
-        }
-        self.show_circuit();
         // A half-open probe whose call is dropped (the client went away)
-        // is handed back, so the breaker never waits on a probe nobody has.
-        let mut probe = ProbeGuard {
-            breaker: &self.breaker,
-            armed: claim == Claim::Probe,
+        // is handed back by the guard, so the breaker never waits on a
+        // probe nobody has.
+        let Some(claim) = self.breaker.attempt(&self.breaker_cfg) else {
+            return Err(AgentFailure::CircuitOpen);
         };
+        self.show_circuit();
         let started = tokio::time::Instant::now();
         let deadline = started + timeout;
         let mut attempt = 0;
@@ -381,11 +377,7 @@ impl Agent {
             }
         };
         self.metrics.latency.record(started.elapsed().as_secs_f64());
-        probe.armed = false;
-        let transition = match &result {
-            Ok(_) => self.breaker.on_success(&self.breaker_cfg),
-            Err(_) => self.breaker.on_failure(&self.breaker_cfg),
-        };
+        let transition = claim.finish(result.is_ok());
         match transition {
             Transition::Opened => {
                 tracing::warn!(agent = %self.name, "agent circuit breaker opened")
@@ -407,19 +399,6 @@ impl Agent {
 /// Largest decision accepted from an agent (a deny body, headers,
 /// metadata): bounded memory whatever the agent sends.
 const MAX_DECISION_BYTES: usize = 1 << 20;
-
-struct ProbeGuard<'a> {
-    breaker: &'a Breaker,
-    armed: bool,
-}
-
-impl Drop for ProbeGuard<'_> {
-    fn drop(&mut self) {
-        if self.armed {
-            self.breaker.cancel_probe();
-        }
-    }
-}
 
 /// A failure of the connection rather than an answer of the agent: the
 /// agent's own statuses carry its response headers as metadata; a status

@@ -25,7 +25,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
@@ -33,10 +33,22 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use sentinel_proto as pb;
 use sha2::{Digest, Sha256};
 
+use crate::upstream::breaker::{Attempt, Breaker, CLOSED, Transition};
+
 /// Failures in a row that open the breaker.
 pub const FAILURES_TO_OPEN: u32 = 3;
 /// While open, one request per interval probes Redis.
 pub const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The backend's circuit breaker: the proxy's own (`upstream::breaker`),
+/// opened by [`FAILURES_TO_OPEN`] failures in a row, probing once per
+/// [`PROBE_INTERVAL`], closed by one successful probe.
+const BREAKER: pb::CircuitBreaker = pb::CircuitBreaker {
+    enabled: true,
+    failure_threshold: FAILURES_TO_OPEN,
+    success_threshold: 1,
+    open_ms: PROBE_INTERVAL.as_millis() as u64,
+};
 
 const SLIDING_WINDOW: &str = r"
 local t = redis.call('TIME')
@@ -284,7 +296,7 @@ impl RedisLimiter {
 
     /// Whether the last calls succeeded (for `sentinel_rate_limit_backend_up`).
     pub fn up(&self) -> bool {
-        !self.breaker.is_open()
+        self.breaker.state() == CLOSED
     }
 
     /// One decision against the shared state, within the timeout.
@@ -295,9 +307,11 @@ impl RedisLimiter {
     /// a hot key costs Redis one call per round trip, not one per request.
     /// A waiter's wait counts against its own `redis-timeout-ms`.
     pub async fn check(self: &Arc<Self>, key: &str) -> Result<Answer, RedisError> {
-        if !self.breaker.admit() {
+        // Dropped unused when this request joins a batch (or is cancelled):
+        // a half-open probe is then handed back.
+        let Some(claim) = self.breaker.attempt(&BREAKER) else {
             return Err(RedisError::Open);
-        }
+        };
         let redis_key = self.redis_key(key);
         let waiting = match self.batches.lock() {
             Ok(mut batches) => match batches.get_mut(&redis_key) {
@@ -323,7 +337,10 @@ impl RedisLimiter {
                 Err(_) => Err(RedisError::Timeout(self.timeout)),
             };
         }
-        let mine = self.send(&redis_key, 1).await.map(|(answer, _)| answer);
+        let mine = self
+            .send(&redis_key, 1, Some(claim))
+            .await
+            .map(|(answer, _)| answer);
         // Whoever arrived meanwhile goes in the next call, sent by a task
         // so that this request's answer does not wait for it.
         if let Some(batch) = self.next_batch(&redis_key) {
@@ -348,7 +365,7 @@ impl RedisLimiter {
     async fn drive(self: Arc<Self>, key: String, mut batch: Vec<Waiter>) {
         loop {
             let n = batch.len();
-            match self.send(&key, n as u32).await {
+            match self.send(&key, n as u32, None).await {
                 Ok((first, admitted)) => {
                     for (i, waiter) in batch.into_iter().enumerate() {
                         let allowed = i < admitted;
@@ -378,9 +395,16 @@ impl RedisLimiter {
     }
 
     /// One script call deciding `n` requests for `redis_key`, within the
-    /// timeout, counted in the metrics and the breaker. Returns the answer
-    /// for the first request and how many of the `n` were admitted.
-    async fn send(&self, redis_key: &str, n: u32) -> Result<(Answer, usize), RedisError> {
+    /// timeout, counted in the metrics and the breaker (through `claim`,
+    /// the sender's own, or directly for a batch whose claims were dropped).
+    /// Returns the answer for the first request and how many of the `n`
+    /// were admitted.
+    async fn send(
+        &self,
+        redis_key: &str,
+        n: u32,
+        claim: Option<Attempt<'_>>,
+    ) -> Result<(Answer, usize), RedisError> {
         let started = Instant::now();
         let result = match tokio::time::timeout(self.timeout, self.call(redis_key, n)).await {
             Ok(Ok(a)) => Ok(a),
@@ -389,12 +413,16 @@ impl RedisLimiter {
         };
         metrics::histogram!("sentinel_rate_limit_redis_latency_seconds", "filter" => self.filter.clone())
             .record(started.elapsed().as_secs_f64());
+        let transition = match claim {
+            Some(c) => c.finish(result.is_ok()),
+            None => self.breaker.record(&BREAKER, result.is_ok()),
+        };
         match &result {
-            Ok(_) => self.breaker.success(),
+            Ok(_) => {}
             Err(e) => {
                 metrics::counter!("sentinel_rate_limit_redis_errors_total", "filter" => self.filter.clone(), "kind" => e.kind())
                     .increment(1);
-                if self.breaker.failure() {
+                if transition == Transition::Opened {
                     tracing::warn!(filter = %self.filter, error = %e, "redis rate-limit backend failing; circuit open, using the fallback");
                 }
                 // A Sentinel or Cluster connection is made again next time
@@ -403,7 +431,7 @@ impl RedisLimiter {
             }
         }
         metrics::gauge!("sentinel_rate_limit_backend_up", "filter" => self.filter.clone())
-            .set(if self.breaker.is_open() { 0.0 } else { 1.0 });
+            .set(if self.up() { 1.0 } else { 0.0 });
         result
     }
 
@@ -561,96 +589,9 @@ fn target(
     }))
 }
 
-// === impl Breaker ===
-
-/// Closed → (FAILURES_TO_OPEN failures in a row) → open; while open, one
-/// caller per PROBE_INTERVAL is let through as a probe; its success closes
-/// the breaker.
-#[derive(Debug, Default)]
-struct Breaker {
-    failures: AtomicU32,
-    /// Milliseconds since `epoch()` when the next probe may go; 0 = closed.
-    open_until_ms: AtomicU64,
-}
-
-fn epoch_ms() -> u64 {
-    // tokio's clock, so tests can pause it; never 0, so 0 can mean "closed".
-    static START: std::sync::OnceLock<tokio::time::Instant> = std::sync::OnceLock::new();
-    let start = *START.get_or_init(tokio::time::Instant::now);
-    tokio::time::Instant::now()
-        .duration_since(start)
-        .as_millis() as u64
-        + 1
-}
-
-impl Breaker {
-    fn is_open(&self) -> bool {
-        self.open_until_ms.load(Ordering::Relaxed) != 0
-    }
-
-    /// Whether this call may go to Redis.
-    fn admit(&self) -> bool {
-        let until = self.open_until_ms.load(Ordering::Relaxed);
-        if until == 0 {
-            return true;
-        }
-        let now = epoch_ms();
-        // One probe: whoever moves the deadline forward goes.
-        now >= until
-            && self
-                .open_until_ms
-                .compare_exchange(
-                    until,
-                    now + PROBE_INTERVAL.as_millis() as u64,
-                    Ordering::Relaxed,
-                    Ordering::Relaxed,
-                )
-                .is_ok()
-    }
-
-    fn success(&self) {
-        self.failures.store(0, Ordering::Relaxed);
-        self.open_until_ms.store(0, Ordering::Relaxed);
-    }
-
-    /// Counts a failure; returns whether this one opened the breaker.
-    fn failure(&self) -> bool {
-        let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
-        if n >= FAILURES_TO_OPEN {
-            let until = epoch_ms() + PROBE_INTERVAL.as_millis() as u64;
-            let was = self.open_until_ms.swap(until, Ordering::Relaxed);
-            return was == 0;
-        }
-        false
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[tokio::test(start_paused = true)]
-    async fn breaker_opens_after_failures_and_lets_one_probe_per_interval() {
-        let b = Breaker::default();
-        assert!(b.admit());
-        assert!(!b.failure());
-        assert!(!b.failure());
-        assert!(b.failure(), "the third failure in a row opens it");
-        assert!(!b.admit(), "no call goes while open");
-        tokio::time::advance(PROBE_INTERVAL).await;
-        assert!(b.admit(), "one probe after the interval");
-        assert!(!b.admit(), "and only one");
-        assert!(
-            !b.failure(),
-            "a failed probe keeps it open (not a new opening)"
-        );
-        assert!(!b.admit());
-        tokio::time::advance(PROBE_INTERVAL).await;
-        assert!(b.admit());
-        b.success();
-        assert!(b.admit() && b.admit(), "a successful probe closes it");
-        assert!(!b.is_open());
-    }
 
     #[test]
     fn keys_are_hashed_bounded_and_tagged() {

@@ -125,6 +125,30 @@ impl Breaker {
         }
     }
 
+    /// [`Self::acquire`] with a guard: `None` when the breaker refuses. The
+    /// guard records the outcome ([`Attempt::finish`]); dropped without
+    /// one — the caller's future was cancelled — it hands a probe back.
+    pub fn attempt<'a>(&'a self, cfg: &'a pb::CircuitBreaker) -> Option<Attempt<'a>> {
+        match self.acquire(cfg) {
+            Claim::Denied => None,
+            claim => Some(Attempt {
+                breaker: self,
+                cfg,
+                probe: claim == Claim::Probe,
+            }),
+        }
+    }
+
+    /// Records an outcome of a call made without a claim of its own (one
+    /// that serves requests whose claims were dropped meanwhile).
+    pub fn record(&self, cfg: &pb::CircuitBreaker, ok: bool) -> Transition {
+        if ok {
+            self.on_success(cfg)
+        } else {
+            self.on_failure(cfg)
+        }
+    }
+
     /// Hands back a probe whose attempt ended without an outcome (the
     /// request was refused on the client side or dropped).
     pub fn cancel_probe(&self) {
@@ -184,6 +208,29 @@ impl Breaker {
         }
         self.trips.fetch_add(1, Ordering::Relaxed);
         Transition::Opened
+    }
+}
+
+/// A call the breaker let through (see [`Breaker::attempt`]).
+pub struct Attempt<'a> {
+    breaker: &'a Breaker,
+    cfg: &'a pb::CircuitBreaker,
+    probe: bool,
+}
+
+impl Attempt<'_> {
+    /// Records the call's outcome.
+    pub fn finish(mut self, ok: bool) -> Transition {
+        self.probe = false;
+        self.breaker.record(self.cfg, ok)
+    }
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        if self.probe {
+            self.breaker.cancel_probe();
+        }
     }
 }
 
@@ -288,5 +335,25 @@ mod tests {
             b.on_failure(&cfg);
         }
         assert!(b.acquire(&cfg).granted());
+    }
+
+    #[test]
+    fn a_dropped_attempt_hands_its_probe_back_and_a_finished_one_counts() {
+        let cfg = pb::CircuitBreaker {
+            open_ms: 0,
+            success_threshold: 1,
+            ..cfg()
+        };
+        let b = Breaker::default();
+        for _ in 0..3 {
+            b.attempt(&cfg).expect("closed").finish(false);
+        }
+        assert_eq!(b.state(), OPEN);
+        let probe = b.attempt(&cfg).expect("the half-open probe");
+        assert!(b.attempt(&cfg).is_none(), "one probe at a time");
+        drop(probe); // cancelled: no outcome
+        let probe = b.attempt(&cfg).expect("the probe was handed back");
+        assert_eq!(probe.finish(true), Transition::Closed);
+        assert!(b.attempt(&cfg).is_some() && b.attempt(&cfg).is_some());
     }
 }
