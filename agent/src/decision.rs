@@ -3,7 +3,8 @@
 use std::collections::HashMap;
 
 use sentinel_proto::agent_protocol::{
-    Allow, Deny, Header, HeaderMutation, Redirect, RequestDecision, request_decision::Action,
+    Allow, BodyDecision, Deny, Header, HeaderMutation, Redirect, RequestDecision, body_decision,
+    request_decision::Action,
 };
 
 /// Let the request through unchanged.
@@ -33,6 +34,18 @@ pub fn deny_with(status: u16, headers: Vec<Header>, body: Vec<u8>) -> RequestDec
             body,
         })),
         ..Default::default()
+    }
+}
+
+/// Stop a streamed body here and answer the client with `status` and a
+/// plain-text `body` (`Agent::on_request_body`).
+pub fn deny_body(status: u16, body: impl Into<String>) -> BodyDecision {
+    BodyDecision {
+        action: Some(body_decision::Action::Deny(Deny {
+            status: u32::from(status),
+            headers: vec![header("content-type", "text/plain; charset=utf-8")],
+            body: body.into().into_bytes(),
+        })),
     }
 }
 

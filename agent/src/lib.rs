@@ -53,8 +53,8 @@ pub mod decision;
 pub mod reference;
 
 pub use sentinel_proto::agent_protocol::{
-    Header, HeaderMutation, PROTOCOL_VERSION, RequestDecision, RequestEvent, ResponseDecision,
-    ResponseEvent,
+    BodyDecision, BodyEvent, Header, HeaderMutation, PROTOCOL_VERSION, RequestDecision,
+    RequestEvent, ResponseDecision, ResponseEvent,
 };
 
 /// An external agent. Only [`Agent::on_request`] is required.
@@ -72,6 +72,13 @@ pub trait Agent: Send + Sync + 'static {
     fn on_response(&self, event: ResponseEvent) -> impl Future<Output = ResponseDecision> + Send {
         let _ = event;
         async { ResponseDecision::default() }
+    }
+
+    /// A piece of the request body, with `body "streamed"`, before it goes
+    /// upstream. A deny stops the body there. The default allows.
+    fn on_request_body(&self, event: BodyEvent) -> impl Future<Output = BodyDecision> + Send {
+        let _ = event;
+        async { BodyDecision::default() }
     }
 
     /// What the health service answers: `SERVING` when true. An agent that
@@ -253,6 +260,14 @@ impl<A: Agent> agent_server::Agent for AgentService<A> {
         request: tonic::Request<ResponseEvent>,
     ) -> Result<tonic::Response<ResponseDecision>, tonic::Status> {
         let d = self.0.on_response(request.into_inner()).await;
+        Ok(tonic::Response::new(d))
+    }
+
+    async fn on_request_body(
+        &self,
+        request: tonic::Request<BodyEvent>,
+    ) -> Result<tonic::Response<BodyDecision>, tonic::Status> {
+        let d = self.0.on_request_body(request.into_inner()).await;
         Ok(tonic::Response::new(d))
     }
 }

@@ -289,12 +289,6 @@ fn cases() -> Vec<Case> {
             "list the route's `agents`",
         ),
         with_help(
-            "streamed agent body",
-            "agents {\n  agent \"a\" {\n    unix-socket \"/run/a.sock\"\n    @@body \"streamed\"\n  }\n}\n",
-            "`body \"streamed\"` is not supported yet",
-            "use `body \"buffered\"`",
-        ),
-        with_help(
             "unknown agent body mode",
             "agents {\n  agent \"a\" {\n    unix-socket \"/run/a.sock\"\n    body @@\"buffer\"\n  }\n}\n",
             "body",

@@ -21,25 +21,14 @@ fn cases() -> Vec<(
     &'static str,
     &'static str,
 )> {
-    vec![
-        // Agents run since issue 14; a streamed agent body does not yet.
-        (
-            "streamed agent body",
-            "agents {\n  agent \"a\" { unix-socket \"/run/a.sock\"; body \"streamed\"; }\n}\nroutes {\n  route \"r\" { upstream \"u\"; }\n}\n",
-            8,
-            42,
-            "`body \"streamed\"` is not supported yet",
-            "body \"buffered\"",
-        ),
-        (
-            "otlp tracing",
-            "observability {\n  tracing {\n    backend \"otlp\" { endpoint \"http://127.0.0.1:4317\"; }\n  }\n}\nroutes {\n  route \"r\" { upstream \"u\"; }\n}\n",
-            9,
-            5,
-            "`backend \"otlp\"` is not supported yet",
-            "issue 15",
-        ),
-    ]
+    vec![(
+        "otlp tracing",
+        "observability {\n  tracing {\n    backend \"otlp\" { endpoint \"http://127.0.0.1:4317\"; }\n  }\n}\nroutes {\n  route \"r\" { upstream \"u\"; }\n}\n",
+        9,
+        5,
+        "`backend \"otlp\"` is not supported yet",
+        "issue 15",
+    )]
 }
 
 async fn post(cp: &ControlPlane, body: Value) -> (StatusCode, Value) {

@@ -44,7 +44,7 @@ use rand::Rng;
 use sentinel_proto as pb;
 
 use crate::agents::verdict::{self, Action, Mutation};
-use crate::agents::{Agent, DecisionResult};
+use crate::agents::{Agent, DecisionResult, streamed};
 use crate::body::{self, Body};
 use crate::error::ProxyError;
 use crate::ratelimit::{self, Decision};
@@ -169,6 +169,9 @@ struct AgentTrace {
     /// Agents that asked for the response head.
     inspect: Vec<Arc<Agent>>,
     metadata: std::collections::HashMap<String, String>,
+    /// A `body "streamed"` agent's deny, answered instead of whatever the
+    /// aborted upstream request ended with.
+    body_denied: streamed::DeniedSlot,
 }
 
 /// Entry point of the hyper service.
@@ -195,9 +198,14 @@ pub async fn serve(
         .then(|| (req.method().clone(), req.uri().path().to_string()));
     let result = handle(&rt, &conn, req, &request_id, &mut trace, &mut active).await;
     let mut failure = None;
-    let mut resp = match result {
-        Ok(resp) => resp,
-        Err(e) => {
+    let body_denied = trace
+        .agents
+        .as_ref()
+        .and_then(|a| a.body_denied.lock().ok()?.take());
+    let mut resp = match (result, body_denied) {
+        (Ok(resp), _) => resp,
+        (Err(_), Some(deny)) => agent_answer(deny, &request_id),
+        (Err(e), None) => {
             let resp = error_response(&e, &request_id);
             failure = Some(e);
             resp
@@ -683,6 +691,7 @@ async fn agents_phase(
         (policies.agent_timeout_ms > 0).then(|| Duration::from_millis(policies.agent_timeout_ms));
     let request_id_text = request_id.to_str().unwrap_or("-");
     let at = trace.agents.get_or_insert_with(Default::default);
+    let mut streamed: Vec<Arc<Agent>> = Vec::new();
     for agent in agents {
         let body_part = match agent.body_bytes {
             Some(limit) => {
@@ -746,40 +755,69 @@ async fn agents_phase(
                 if v.inspect_response {
                     at.inspect.push(Arc::clone(agent));
                 }
+                if agent.streamed_bytes.is_some() {
+                    streamed.push(Arc::clone(agent));
+                }
                 continue;
             }
-            Action::Deny {
-                status,
-                headers,
-                body,
-            } => {
-                agent.count(DecisionResult::Deny);
-                let mut resp = Response::new(body::full(body));
-                *resp.status_mut() = status;
-                for (n, v) in headers {
-                    resp.headers_mut().append(n, v);
-                }
-                resp
-            }
-            Action::Redirect { status, location } => {
-                agent.count(DecisionResult::Redirect);
-                let mut resp = Response::new(body::empty());
-                *resp.status_mut() = status;
-                resp.headers_mut().insert(header::LOCATION, location);
-                resp
+            deny_or_redirect => {
+                agent.count(match deny_or_redirect {
+                    Action::Redirect { .. } => DecisionResult::Redirect,
+                    _ => DecisionResult::Deny,
+                });
+                agent_answer(deny_or_redirect, request_id)
             }
         };
-        let mut answer = answer;
-        answer
-            .headers_mut()
-            .insert(X_REQUEST_ID.clone(), request_id.clone());
         return Ok(Some(answer));
     }
     if want.is_some() && !prefix.is_empty() {
         let rest = std::mem::replace(body, body::empty());
         *body = body::prefixed(prefix, rest);
     }
+    if !streamed.is_empty() && !body.is_end_stream() {
+        let whole = std::mem::replace(body, body::empty());
+        *body = streamed::tap(
+            whole,
+            streamed,
+            streamed::Request {
+                request_id: request_id_text.to_string(),
+                route: route.name.to_string(),
+                metadata: at.metadata.clone(),
+                timeout: timeout_override,
+                failure_open,
+                denied: Arc::clone(&at.body_denied),
+            },
+        );
+    }
     Ok(None)
+}
+
+/// The client's answer to an agent's deny or redirect.
+fn agent_answer(action: Action, request_id: &HeaderValue) -> Response<Body> {
+    let mut resp = match action {
+        Action::Deny {
+            status,
+            headers,
+            body,
+        } => {
+            let mut resp = Response::new(body::full(body));
+            *resp.status_mut() = status;
+            for (n, v) in headers {
+                resp.headers_mut().append(n, v);
+            }
+            resp
+        }
+        Action::Redirect { status, location } => {
+            let mut resp = Response::new(body::empty());
+            *resp.status_mut() = status;
+            resp.headers_mut().insert(header::LOCATION, location);
+            resp
+        }
+        Action::Allow => Response::new(body::empty()),
+    };
+    resp.headers_mut()
+        .insert(X_REQUEST_ID.clone(), request_id.clone());
+    resp
 }
 
 /// Reads at most `limit` bytes of `body` (whole frames; one frame may pass
@@ -880,11 +918,20 @@ fn classify_send_error(
         {
             return ProxyError::BodyTooLarge { limit: max_body };
         }
-        if let Some(ProxyError::RequestBodyTimeout { timeout_ms }) = s.downcast_ref::<ProxyError>()
-        {
-            return ProxyError::RequestBodyTimeout {
-                timeout_ms: *timeout_ms,
-            };
+        match s.downcast_ref::<ProxyError>() {
+            Some(ProxyError::RequestBodyTimeout { timeout_ms }) => {
+                return ProxyError::RequestBodyTimeout {
+                    timeout_ms: *timeout_ms,
+                };
+            }
+            // A `body "streamed"` agent failed closed mid-body.
+            Some(ProxyError::AgentFailed { agent, reason }) => {
+                return ProxyError::AgentFailed {
+                    agent: agent.clone(),
+                    reason: reason.clone(),
+                };
+            }
+            _ => {}
         }
         source = s.source();
     }

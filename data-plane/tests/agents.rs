@@ -634,6 +634,109 @@ async fn body_inspection_sends_at_most_max_body_bytes() {
     assert!(e.body.is_empty() && !e.body_truncated);
 }
 
+/// `body "streamed"`: every piece goes to the agent before it goes
+/// upstream, up to `max-body-bytes`; a deny stops the body and the client
+/// gets the deny, not the upstream's answer.
+#[tokio::test]
+async fn a_streamed_body_is_inspected_piece_by_piece_and_a_deny_stops_it() {
+    let backend = streaming_backend("app").await;
+    let a = TestAgent::unix().await;
+    *a.agent.body_marker.lock().unwrap() = Some(b"EVIL".to_vec());
+    let port = free_port();
+    let _proxy = Sentinel::start(&doc(
+        port,
+        backend,
+        &agent("waf", &a, "body \"streamed\"\n        max-body-bytes 64"),
+        &route("all", "/", &["waf"], ""),
+    ))
+    .await;
+    let events = || a.agent.body_events.lock().unwrap().clone();
+    let post = |body: reqwest::Body| async move {
+        let r = client()
+            .post(format!("http://127.0.0.1:{port}/len"))
+            .timeout(Duration::from_secs(10))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    };
+
+    // A clean body: forwarded whole, seen whole, its end marked.
+    assert_eq!(
+        post("hello world".into()).await,
+        (200, "len=11".to_string())
+    );
+    let seen = events();
+    let text: Vec<u8> = seen.iter().flat_map(|e| e.chunk.clone()).collect();
+    assert_eq!(text, b"hello world");
+    assert!(
+        seen.last().is_some_and(|e| e.end_of_stream && !e.truncated),
+        "{seen:?}"
+    );
+    a.agent.body_events.lock().unwrap().clear();
+
+    // A streamed upload whose second piece carries the marker: the agent
+    // denies that piece, the upstream request is aborted before it, and the
+    // client gets the agent's deny.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(4);
+    let watcher = Arc::clone(&a.agent);
+    let sender = tokio::spawn(async move {
+        // Each piece is sent once the agent saw the one before, so pieces
+        // are separate frames whatever the machine's load.
+        for piece in [&b"aaaa"[..], b"EVIL", b"bbbb"] {
+            if tx.send(Ok(bytes::Bytes::from_static(piece))).await.is_err() {
+                break;
+            }
+            let seen = wait_for(Duration::from_secs(10), || async {
+                watcher
+                    .body_events
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .any(|e| e.chunk.windows(4).any(|w| w == piece))
+            })
+            .await;
+            if !seen {
+                break;
+            }
+        }
+    });
+    let body = reqwest::Body::wrap_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
+    let (code, text) = post(body).await;
+    sender.abort();
+    assert_eq!((code, text.as_str()), (403, "the body carries the marker"));
+    let seen = events();
+    assert!(
+        seen.iter()
+            .any(|e| e.chunk.windows(4).any(|w| w == b"EVIL")),
+        "{seen:?}"
+    );
+    assert!(
+        !seen
+            .iter()
+            .any(|e| e.chunk.windows(4).any(|w| w == b"bbbb")),
+        "nothing after the deny reaches the agent: {seen:?}"
+    );
+    a.agent.body_events.lock().unwrap().clear();
+
+    // Past max-body-bytes the rest flows unseen: the agent's last piece
+    // says so, the upstream still gets the whole body.
+    assert_eq!(
+        post(vec![b'x'; 10_000].into()).await,
+        (200, "len=10000".to_string())
+    );
+    let seen = events();
+    let total: usize = seen.iter().map(|e| e.chunk.len()).sum();
+    assert!(total <= 64, "{total} bytes sent to the agent");
+    assert!(seen.last().is_some_and(|e| e.truncated), "{seen:?}");
+
+    // A request without a body costs no body event.
+    a.agent.body_events.lock().unwrap().clear();
+    assert_eq!(status(port, "/len").await, 200);
+    assert!(events().is_empty());
+}
+
 #[tokio::test]
 async fn an_agent_killed_mid_load_and_restarted_sees_only_the_failure_mode() {
     let backend = Backend::start("app").await;

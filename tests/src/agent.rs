@@ -9,7 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sentinel_agent::{
-    Agent, Listen, RequestDecision, RequestEvent, ResponseDecision, ResponseEvent,
+    Agent, BodyDecision, BodyEvent, Listen, RequestDecision, RequestEvent, ResponseDecision,
+    ResponseEvent,
 };
 
 /// What the scripted agent answers.
@@ -33,6 +34,10 @@ pub struct Scripted {
     pub last: Mutex<Option<RequestEvent>>,
     /// Response header mutations answered to `on_response`.
     pub on_response: Mutex<ResponseDecision>,
+    /// `body "streamed"`: a piece containing these bytes is denied (403).
+    pub body_marker: Mutex<Option<Vec<u8>>>,
+    /// Every body event received, in order.
+    pub body_events: Mutex<Vec<BodyEvent>>,
 }
 
 impl Default for Scripted {
@@ -45,6 +50,8 @@ impl Default for Scripted {
             serving: AtomicBool::new(true),
             last: Mutex::new(None),
             on_response: Mutex::new(ResponseDecision::default()),
+            body_marker: Mutex::new(None),
+            body_events: Mutex::new(Vec::new()),
         }
     }
 }
@@ -102,6 +109,24 @@ impl Agent for Scripted {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    async fn on_request_body(&self, event: BodyEvent) -> BodyDecision {
+        let marker = self
+            .body_marker
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let hit = marker.is_some_and(|m| event.chunk.windows(m.len()).any(|w| w == m));
+        self.body_events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(event);
+        if hit {
+            sentinel_agent::decision::deny_body(403, "the body carries the marker")
+        } else {
+            BodyDecision::default()
+        }
     }
 
     fn serving(&self) -> bool {

@@ -184,15 +184,11 @@ pub(super) fn agent(ctx: &mut Ctx, node: &KdlNode) -> Option<(String, SourceSpan
                 child,
                 a.circuit_breaker.get_or_insert_with(Default::default),
             ),
-            "body" => match ctx.choice(child, BODY_MODES) {
-                Some(pb::AgentBody::Streamed) => ctx.error_help(
-                    name_span(child),
-                    "`body \"streamed\"` is not supported yet: proxies send agents the request head or a buffered body",
-                    "use `body \"buffered\"` with `max-body-bytes` (the agent gets the body's beginning)",
-                ),
-                Some(v) => a.body = v as i32,
-                None => {}
-            },
+            "body" => {
+                if let Some(v) = ctx.choice(child, BODY_MODES) {
+                    a.body = v as i32;
+                }
+            }
             "max-body-bytes" => {
                 a.max_body_bytes = ctx.uint(child, 0, 1 << 30).unwrap_or(a.max_body_bytes)
             }

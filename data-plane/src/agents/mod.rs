@@ -43,6 +43,7 @@ use tonic::transport::{Channel, Endpoint, Uri};
 
 use crate::upstream::breaker::{Breaker, Transition};
 
+pub mod streamed;
 pub mod verdict;
 
 pub use verdict::{ResponseVerdict, Verdict};
@@ -158,7 +159,10 @@ pub struct Agent {
     pub failure_open: bool,
     attempts: u32,
     backoff: Duration,
+    /// `body "buffered"`: how much of the body the request event carries.
     pub body_bytes: Option<u64>,
+    /// `body "streamed"`: how much of the body goes to `OnRequestBody`.
+    pub streamed_bytes: Option<u64>,
     metrics: Metrics,
     decisions: [Counter; 5],
     failures: [Counter; 6],
@@ -225,6 +229,8 @@ impl Agent {
         let retry = resource.retry.unwrap_or_default();
         let body_bytes =
             (resource.body == pbc::AgentBody::Buffered as i32).then_some(resource.max_body_bytes);
+        let streamed_bytes =
+            (resource.body == pbc::AgentBody::Streamed as i32).then_some(resource.max_body_bytes);
         let agent = Arc::new(Agent {
             name: resource.name.clone(),
             resource: resource.clone(),
@@ -239,6 +245,7 @@ impl Agent {
             attempts: retry.attempts.max(1),
             backoff: Duration::from_millis(retry.backoff_ms),
             body_bytes,
+            streamed_bytes,
             metrics,
             decisions,
             failures,
@@ -306,6 +313,24 @@ impl Agent {
                 async move { c.on_response(event).await }
             },
             ResponseVerdict::check,
+        )
+        .await
+    }
+
+    /// Sends one piece of a streamed body and checks the decision (allow
+    /// or deny), within `timeout`.
+    pub async fn on_request_body(
+        &self,
+        event: pb::BodyEvent,
+        timeout: Duration,
+    ) -> Result<verdict::Action, AgentFailure> {
+        self.call(
+            timeout,
+            |mut c| {
+                let event = event.clone();
+                async move { c.on_request_body(event).await }
+            },
+            verdict::check_body,
         )
         .await
     }

@@ -124,19 +124,7 @@ impl Verdict {
         use pb::request_decision::Action as A;
         let action = match d.action {
             None | Some(A::Allow(_)) => Action::Allow,
-            Some(A::Deny(deny)) => {
-                let status = if deny.status == 0 { 403 } else { deny.status };
-                let status = u16::try_from(status)
-                    .ok()
-                    .filter(|s| (200..=599).contains(s))
-                    .and_then(|s| StatusCode::from_u16(s).ok())
-                    .ok_or_else(|| format!("deny status {} is not 200..=599", deny.status))?;
-                Action::Deny {
-                    status,
-                    headers: headers(deny.headers)?,
-                    body: Bytes::from(deny.body),
-                }
-            }
+            Some(A::Deny(deny)) => deny_action(deny)?,
             Some(A::Redirect(r)) => {
                 let status = if r.status == 0 { 302 } else { r.status };
                 let status = match status {
@@ -163,6 +151,30 @@ impl Verdict {
             metadata: metadata(d.metadata)?,
             inspect_response: d.inspect_response,
         })
+    }
+}
+
+/// A checked deny (status 403 when 0).
+fn deny_action(deny: pb::Deny) -> Result<Action, String> {
+    let status = if deny.status == 0 { 403 } else { deny.status };
+    let status = u16::try_from(status)
+        .ok()
+        .filter(|s| (200..=599).contains(s))
+        .and_then(|s| StatusCode::from_u16(s).ok())
+        .ok_or_else(|| format!("deny status {} is not 200..=599", deny.status))?;
+    Ok(Action::Deny {
+        status,
+        headers: headers(deny.headers)?,
+        body: Bytes::from(deny.body),
+    })
+}
+
+/// A checked body decision (`body "streamed"`): allow or deny.
+pub fn check_body(d: pb::BodyDecision) -> Result<Action, String> {
+    use pb::body_decision::Action as A;
+    match d.action {
+        None | Some(A::Allow(_)) => Ok(Action::Allow),
+        Some(A::Deny(deny)) => deny_action(deny),
     }
 }
 
