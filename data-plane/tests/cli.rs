@@ -73,7 +73,7 @@ fn validate_accepts_agents_and_rejects_what_is_not_built_yet() {
         &file,
         doc.replace(
             "unix-socket \"/run/auth.sock\";",
-            "unix-socket \"/run/auth.sock\"; body \"streamed\";",
+            "grpc \"https://127.0.0.1:9000\";",
         ),
     )
     .unwrap();
@@ -84,6 +84,6 @@ fn validate_accepts_agents_and_rejects_what_is_not_built_yet() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("agents.kdl:5:48"), "{stderr}");
+    assert!(stderr.contains("agents.kdl:5:23"), "{stderr}");
     assert!(stderr.contains("is not supported yet"), "{stderr}");
 }
