@@ -737,6 +737,47 @@ async fn a_streamed_body_is_inspected_piece_by_piece_and_a_deny_stops_it() {
     assert!(events().is_empty());
 }
 
+/// A streamed-body agent that cannot decide on a piece in time gets its
+/// failure mode: closed stops the body (503), open lets the rest through.
+#[tokio::test]
+async fn a_streamed_body_agent_that_times_out_gets_the_failure_mode() {
+    let backend = streaming_backend("app").await;
+    let a = TestAgent::unix().await;
+    a.agent.body_delay_ms.store(5_000, Ordering::SeqCst);
+    let port = free_port();
+    let _proxy = Sentinel::start(&doc(
+        port,
+        backend,
+        &agent(
+            "waf",
+            &a,
+            "body \"streamed\"\n        timeout-ms 100\n        failure-mode \"closed\"\n        circuit-breaker { enabled #false; }",
+        ),
+        &(route("closed", "/len", &["waf"], "")
+            + &route("open", "/open/len", &["waf"], "failure-mode \"open\"")),
+    ))
+    .await;
+    let post = |path: &'static str| async move {
+        let started = Instant::now();
+        let r = client()
+            .post(format!("http://127.0.0.1:{port}{path}"))
+            .timeout(Duration::from_secs(10))
+            .body("hello")
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), started.elapsed())
+    };
+    let (code, took) = post("/len").await;
+    assert_eq!(code, 503, "fail closed stops the body");
+    assert!(
+        took < Duration::from_secs(4),
+        "bounded by timeout-ms, not the 5 s agent: {took:?}"
+    );
+    let (code, _) = post("/open/len").await;
+    assert_eq!(code, 200, "fail open lets the body through");
+}
+
 #[tokio::test]
 async fn an_agent_killed_mid_load_and_restarted_sees_only_the_failure_mode() {
     let backend = Backend::start("app").await;

@@ -38,6 +38,8 @@ pub struct Scripted {
     pub body_marker: Mutex<Option<Vec<u8>>>,
     /// Every body event received, in order.
     pub body_events: Mutex<Vec<BodyEvent>>,
+    /// Delay before answering a body event (to exceed `timeout-ms`).
+    pub body_delay_ms: AtomicU64,
 }
 
 impl Default for Scripted {
@@ -52,6 +54,7 @@ impl Default for Scripted {
             on_response: Mutex::new(ResponseDecision::default()),
             body_marker: Mutex::new(None),
             body_events: Mutex::new(Vec::new()),
+            body_delay_ms: AtomicU64::new(0),
         }
     }
 }
@@ -112,6 +115,10 @@ impl Agent for Scripted {
     }
 
     async fn on_request_body(&self, event: BodyEvent) -> BodyDecision {
+        let delay = self.body_delay_ms.load(Ordering::SeqCst);
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+        }
         let marker = self
             .body_marker
             .lock()

@@ -403,16 +403,18 @@ impl ControlPlane {
             .spawn()
             .expect("start sentinel-cp");
         self.child = Some(child);
-        let url = format!("http://{}/healthz", self.api);
+        // Started means: this process logged that its API listens (a random
+        // port another process holds would otherwise pass the connect), and
+        // the port answers.
+        let listening = |log: &str| log.matches("REST API listening").count();
+        let before = listening(&std::fs::read_to_string(&self.log).unwrap_or_default());
+        let addr = self.api;
+        let log = self.log.clone();
         let up = wait_for(Duration::from_secs(15), || {
-            let url = url.clone();
+            let log = log.clone();
             async move {
-                tokio::net::TcpStream::connect(
-                    url.trim_start_matches("http://")
-                        .trim_end_matches("/healthz"),
-                )
-                .await
-                .is_ok()
+                listening(&std::fs::read_to_string(&log).unwrap_or_default()) > before
+                    && tokio::net::TcpStream::connect(addr).await.is_ok()
             }
         })
         .await;
