@@ -26,6 +26,7 @@ pub mod discovery;
 pub mod fleet;
 pub mod health;
 pub mod identity;
+pub mod leader;
 pub mod notify;
 pub mod rollout;
 pub mod rollouts;

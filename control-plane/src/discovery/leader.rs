@@ -1,47 +1,29 @@
-//! Which replica runs the discovery sources.
-//!
-//! - SQLite: this process is the only replica; it always leads.
-//! - PostgreSQL: the replica holding the session advisory lock
-//!   [`LEADER_LOCK`] on a dedicated connection leads. The others try again
-//!   every [`ELECTION_RETRY`]. The leader pings its connection every
-//!   [`ELECTION_RETRY`]; when the ping fails (or the connection breaks) it
-//!   stops every source (`Discovery::stop_all`) and competes again. When a
-//!   leader dies, PostgreSQL ends its session and releases the lock, so
-//!   another replica leads within about one retry interval.
+//! Which replica runs the discovery sources: the holder of the advisory
+//! lock [`LEADER_LOCK`] (`crate::leader`: SQLite always leads). When
+//! leadership is lost it stops every source (`Discovery::stop_all`).
 //!
 //! While leading, the replica reconciles the sources with the discovered
 //! upstreams of every stored version that becomes active.
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
 use sentinel_discovery::{Discovered, Discovery, Known};
-use sqlx::Connection;
 use tokio::sync::mpsc;
 
 use crate::fleet::Fleet;
-use crate::store::Dialect;
 
 /// The advisory lock key of discovery leadership (7310 serialises applies).
 pub const LEADER_LOCK: i64 = 7312;
 
-/// How often a follower tries to lead, and a leader checks its connection.
-pub const ELECTION_RETRY: Duration = Duration::from_secs(1);
-
 /// Starts competing for (SQLite: takes) discovery leadership; sources send
 /// their sets to `updates` (the intake's channel).
 pub fn spawn(fleet: Arc<Fleet>, updates: mpsc::Sender<Discovered>) {
-    match fleet.store.dialect {
-        Dialect::Sqlite => {
-            tokio::spawn(async move {
-                lead_until(&fleet, &updates, std::future::pending::<()>()).await;
-            });
-        }
-        Dialect::Postgres => {
-            tokio::spawn(elect(fleet, updates));
-        }
-    }
+    let leading = Arc::clone(&fleet);
+    crate::leader::spawn(fleet, LEADER_LOCK, "discovery", move |lost| {
+        let (fleet, updates) = (Arc::clone(&leading), updates.clone());
+        Box::pin(async move { lead_until(&fleet, &updates, lost).await })
+    });
 }
 
 /// Leads until `lost` completes: runs the sources for the active stored
@@ -90,42 +72,4 @@ async fn lead_until(
     runner.stop_all();
     fleet.discovery.set_runner(None);
     tracing::warn!(replica = %fleet.replica, "no longer leading service discovery; sources stopped");
-}
-
-async fn elect(fleet: Arc<Fleet>, updates: mpsc::Sender<Discovered>) {
-    loop {
-        match sqlx::postgres::PgConnection::connect(&fleet.store.url).await {
-            Ok(mut conn) => loop {
-                let got: Result<bool, sqlx::Error> =
-                    sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-                        .bind(LEADER_LOCK)
-                        .fetch_one(&mut conn)
-                        .await;
-                match got {
-                    Ok(true) => {
-                        let lost = async {
-                            loop {
-                                tokio::time::sleep(ELECTION_RETRY).await;
-                                if let Err(e) = conn.ping().await {
-                                    tracing::warn!(error = %e, "the discovery leader's connection broke");
-                                    break;
-                                }
-                            }
-                        };
-                        lead_until(&fleet, &updates, lost).await;
-                        // A new connection: the old session (and its lock,
-                        // if it still exists) ends when `conn` is dropped.
-                        break;
-                    }
-                    Ok(false) => tokio::time::sleep(ELECTION_RETRY).await,
-                    Err(e) => {
-                        tracing::debug!(error = %e, "discovery election query failed");
-                        break;
-                    }
-                }
-            },
-            Err(e) => tracing::debug!(error = %e, "cannot connect for the discovery election"),
-        }
-        tokio::time::sleep(ELECTION_RETRY).await;
-    }
 }

@@ -1,10 +1,10 @@
 //! The rollout driver: one per fleet, moving the open rollout along.
 //!
-//! Which replica drives is decided like discovery's leader: SQLite — this
-//! process, always; PostgreSQL — the replica holding the session advisory
-//! lock [`DRIVER_LOCK`] on a dedicated connection (tried every second;
-//! when the holder dies PostgreSQL releases it and another replica takes
-//! over). The driver keeps no state of its own between ticks: every
+//! Which replica drives is decided like discovery's leader
+//! (`crate::leader`): SQLite — this process, always; PostgreSQL — the
+//! replica holding the session advisory lock [`DRIVER_LOCK`] (tried every
+//! second; when the holder dies PostgreSQL releases it and another replica
+//! takes over). The driver keeps no state of its own between ticks: every
 //! [`TICK`] it reads the open rollout, its admitted nodes and the fleet's
 //! nodes from the store, asks the gates and the state machine
 //! (`machine::step`) what happens next and writes that as one
@@ -19,13 +19,11 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::Connection;
-
 use super::gates::{self, Window};
 use super::machine::{self, NodeView, Phase, Progress, Step};
 use super::plan::Plan;
 use crate::fleet::Fleet;
-use crate::store::{Dialect, NodeRecord, RolloutRow, StoreError, now_ms};
+use crate::store::{NodeRecord, RolloutRow, StoreError, now_ms};
 
 /// The advisory lock of rollout driving (7310 serialises applies, 7312
 /// leads discovery).
@@ -41,14 +39,11 @@ pub const BASELINE: Duration = Duration::from_secs(60);
 pub const ACTOR: &str = "rollout-driver";
 
 pub fn spawn(fleet: Arc<Fleet>) {
-    match fleet.store.dialect {
-        Dialect::Sqlite => {
-            tokio::spawn(async move { drive_until(&fleet, std::future::pending::<()>()).await });
-        }
-        Dialect::Postgres => {
-            tokio::spawn(elect(fleet));
-        }
-    }
+    let driving = Arc::clone(&fleet);
+    crate::leader::spawn(fleet, DRIVER_LOCK, "rollouts", move |lost| {
+        let fleet = Arc::clone(&driving);
+        Box::pin(async move { drive_until(&fleet, lost).await })
+    });
 }
 
 async fn drive_until(fleet: &Fleet, lost: impl Future<Output = ()>) {
@@ -69,42 +64,6 @@ async fn drive_until(fleet: &Fleet, lost: impl Future<Output = ()>) {
     }
     metrics::gauge!("sentinel_cp_rollout_leader").set(0.0);
     tracing::warn!(replica = %fleet.replica, "no longer driving rollouts");
-}
-
-async fn elect(fleet: Arc<Fleet>) {
-    loop {
-        match sqlx::postgres::PgConnection::connect(&fleet.store.url).await {
-            Ok(mut conn) => loop {
-                let got: Result<bool, sqlx::Error> =
-                    sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-                        .bind(DRIVER_LOCK)
-                        .fetch_one(&mut conn)
-                        .await;
-                match got {
-                    Ok(true) => {
-                        let lost = async {
-                            loop {
-                                tokio::time::sleep(Duration::from_secs(1)).await;
-                                if let Err(e) = conn.ping().await {
-                                    tracing::warn!(error = %e, "the rollout driver's connection broke");
-                                    break;
-                                }
-                            }
-                        };
-                        drive_until(&fleet, lost).await;
-                        break;
-                    }
-                    Ok(false) => tokio::time::sleep(Duration::from_secs(1)).await,
-                    Err(e) => {
-                        tracing::debug!(error = %e, "rollout driver election query failed");
-                        break;
-                    }
-                }
-            },
-            Err(e) => tracing::debug!(error = %e, "cannot connect for the rollout driver election"),
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
 }
 
 /// The health samples the gates of `r`'s current stage judge: the stage's
