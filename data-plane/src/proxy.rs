@@ -682,13 +682,7 @@ async fn agents_phase(
         }
         _ => (Bytes::new(), false),
     };
-    let failure_open = match pb::FailureMode::try_from(policies.agent_failure_mode) {
-        Ok(pb::FailureMode::Open) => Some(true),
-        Ok(pb::FailureMode::Closed) => Some(false),
-        _ => None,
-    };
-    let timeout_override =
-        (policies.agent_timeout_ms > 0).then(|| Duration::from_millis(policies.agent_timeout_ms));
+    let (failure_open, timeout_override) = agent_overrides(policies);
     let request_id_text = request_id.to_str().unwrap_or("-");
     let at = trace.agents.get_or_insert_with(Default::default);
     let mut streamed: Vec<Arc<Agent>> = Vec::new();
@@ -792,6 +786,19 @@ async fn agents_phase(
     Ok(None)
 }
 
+/// The route's overrides of its agents' failure mode (`Some(true)`: open)
+/// and timeout.
+fn agent_overrides(policies: &pb::RoutePolicies) -> (Option<bool>, Option<Duration>) {
+    let failure_open = match pb::FailureMode::try_from(policies.agent_failure_mode) {
+        Ok(pb::FailureMode::Open) => Some(true),
+        Ok(pb::FailureMode::Closed) => Some(false),
+        _ => None,
+    };
+    let timeout =
+        (policies.agent_timeout_ms > 0).then(|| Duration::from_millis(policies.agent_timeout_ms));
+    (failure_open, timeout)
+}
+
 /// The client's answer to an agent's deny or redirect.
 fn agent_answer(action: Action, request_id: &HeaderValue) -> Response<Body> {
     let mut resp = match action {
@@ -859,13 +866,7 @@ async fn response_agents(
 ) -> Result<(), ProxyError> {
     use sentinel_proto::agent_protocol as ap;
     let policies = &route.policies;
-    let failure_open = match pb::FailureMode::try_from(policies.agent_failure_mode) {
-        Ok(pb::FailureMode::Open) => Some(true),
-        Ok(pb::FailureMode::Closed) => Some(false),
-        _ => None,
-    };
-    let timeout_override =
-        (policies.agent_timeout_ms > 0).then(|| Duration::from_millis(policies.agent_timeout_ms));
+    let (failure_open, timeout_override) = agent_overrides(policies);
     for agent in std::mem::take(&mut agents.inspect) {
         let event = ap::ResponseEvent {
             protocol_version: ap::PROTOCOL_VERSION,
