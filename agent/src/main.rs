@@ -130,13 +130,7 @@ async fn terminate() {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    sentinel_telemetry::logging::init(Default::default(), None);
     let cli = Cli::parse();
     match cli.agent {
         Command::TokenAuth {

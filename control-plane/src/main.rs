@@ -81,6 +81,16 @@ struct Flags {
     /// Nodes not seen for this long are listed as expired and not counted by status or --wait.
     #[arg(long, env = "SENTINEL_CP_NODE_EXPIRY_SECS", default_value_t = 3600)]
     node_expiry_secs: u64,
+    /// OTLP/gRPC collector for the control plane's own spans (each config
+    /// change is one trace: API request, validation, store, activation;
+    /// proxies add theirs). Without it, traces get ids and per-node
+    /// timelines (`sentinelctl trace`) but nothing is exported.
+    #[arg(long, env = "SENTINEL_CP_OTLP_ENDPOINT", default_value = "")]
+    otlp_endpoint: String,
+    /// Share of traces the control plane starts that are sampled (a request
+    /// with a `traceparent` follows its caller's decision).
+    #[arg(long, env = "SENTINEL_CP_TRACE_SAMPLING_RATE", default_value_t = 1.0)]
+    trace_sampling_rate: f64,
 }
 
 /// One-shot commands; without one, `sentinel-cp` runs the control plane.
@@ -101,7 +111,6 @@ fn main() -> ExitCode {
         print!("{}", sentinel_cp::api::openapi::json());
         return ExitCode::SUCCESS;
     }
-    sentinel_cp::telemetry::init_logging();
     let replica = flags.replica.unwrap_or_else(|| {
         let host = std::fs::read_to_string("/etc/hostname")
             .map(|h| h.trim().to_string())
@@ -121,8 +130,8 @@ fn main() -> ExitCode {
         grpc_client_ca: flags.grpc_client_ca,
         api_tls: flags.api_tls_cert.zip(flags.api_tls_key),
         api_tls_handshake_timeout: Duration::from_millis(flags.api_tls_handshake_timeout_ms.max(1)),
-        region: flags.region,
-        replica,
+        region: flags.region.clone(),
+        replica: replica.clone(),
         bootstrap_token: flags.bootstrap_token,
         join_token: flags.join_token,
         insecure_streams: flags.insecure_streams,
@@ -142,6 +151,22 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let tracing = sentinel_cp::telemetry::Tracing {
+        endpoint: flags.otlp_endpoint,
+        sampling_rate: flags.trace_sampling_rate,
+        replica,
+        region: flags.region,
+    };
+    let pipeline = {
+        let _in_runtime = runtime.enter();
+        match sentinel_cp::telemetry::init(&tracing) {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("error: tracing: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    };
     if let Some(Command::Migrate) = flags.command {
         return match runtime.block_on(sentinel_cp::store::Store::connect(&settings.database_url)) {
             Ok(store) => {
@@ -154,7 +179,10 @@ fn main() -> ExitCode {
             }
         };
     }
-    match runtime.block_on(sentinel_cp::server::run(settings)) {
+    let result = runtime.block_on(sentinel_cp::server::run(settings));
+    // Export what the last moments traced (bounded: the collector may be gone).
+    runtime.block_on(pipeline.flush(Duration::from_secs(2)));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

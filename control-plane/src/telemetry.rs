@@ -1,8 +1,11 @@
 //! Control-plane metrics (prefix `sentinel_cp_`) and logging set-up.
 
-use std::sync::OnceLock;
+use std::sync::Arc;
 
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::PrometheusHandle;
+use sentinel_telemetry::logging::{self, LogSettings};
+use sentinel_telemetry::metrics::Buckets;
+use sentinel_telemetry::trace::{Pipeline, Propagation, Settings};
 
 pub const METRICS: &[&str] = &[
     "sentinel_cp_connected_nodes",
@@ -36,45 +39,28 @@ pub const METRICS: &[&str] = &[
     "sentinel_cp_discovery_refresh_total",
     "sentinel_cp_discovery_last_success_timestamp_seconds",
     "sentinel_cp_discovery_stale",
+    // Registered by `sentinel_telemetry::trace` with the prefix `sentinel_cp`.
+    "sentinel_cp_tracing_spans_exported_total",
+    "sentinel_cp_tracing_spans_dropped_total",
 ];
 
-static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();
+/// Convergence and stage durations: five milliseconds to a minute.
+const SECONDS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+const BUCKETS: &[Buckets<'static>] = &[
+    ("sentinel_cp_convergence_seconds", SECONDS),
+    ("sentinel_cp_rollout_stage_seconds", SECONDS),
+];
 
+/// Installs the global Prometheus recorder once; later calls return it.
 pub fn metrics() -> PrometheusHandle {
-    PROMETHEUS
-        .get_or_init(|| {
-            let buckets = [
-                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-            ];
-            let builder = PrometheusBuilder::new()
-                .set_buckets_for_metric(
-                    Matcher::Full("sentinel_cp_convergence_seconds".into()),
-                    &buckets,
-                )
-                .and_then(|b| {
-                    b.set_buckets_for_metric(
-                        Matcher::Full("sentinel_cp_rollout_stage_seconds".into()),
-                        &buckets,
-                    )
-                })
-                .unwrap_or_else(|_| PrometheusBuilder::new());
-            match builder.install_recorder() {
-                Ok(h) => h,
-                Err(_) => PrometheusBuilder::new().build_recorder().handle(),
-            }
-        })
-        .clone()
+    sentinel_telemetry::metrics::install(BUCKETS, &[])
 }
 
+/// Aggregates histograms regularly (bounded memory without scrapes).
 pub fn spawn_upkeep() {
-    let handle = metrics();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
-        loop {
-            tick.tick().await;
-            handle.run_upkeep();
-        }
-    });
+    sentinel_telemetry::metrics::spawn_upkeep(metrics());
 }
 
 /// Publishes the number of connected nodes of `region`.
@@ -88,11 +74,37 @@ pub fn rollout_stage(stage: Option<i64>) {
     metrics::gauge!("sentinel_cp_rollout_stage").set(stage.map_or(0.0, |s| (s + 1) as f64));
 }
 
+/// Where the control plane's own spans go (`--otlp-endpoint`).
+#[derive(Debug, Clone, Default)]
+pub struct Tracing {
+    /// OTLP/gRPC collector; empty: spans get ids (config changes still
+    /// carry a trace context to proxies) but are not exported.
+    pub endpoint: String,
+    pub sampling_rate: f64,
+    pub replica: String,
+    pub region: String,
+}
+
+/// Installs logging and the trace pipeline whose `tracing` layer turns the
+/// control plane's spans (an apply, its validation, store and activation)
+/// into OpenTelemetry spans. Must run inside the runtime.
+pub fn init(tracing: &Tracing) -> Result<Arc<Pipeline>, String> {
+    let pipeline = Pipeline::start(Settings {
+        endpoint: tracing.endpoint.clone(),
+        sampling_rate: tracing.sampling_rate,
+        service_name: "sentinel-cp".into(),
+        propagation: Propagation::W3c,
+        resource: vec![
+            ("service.instance.id".into(), tracing.replica.clone()),
+            ("sentinel.region".into(), tracing.region.clone()),
+        ],
+        metric_prefix: "sentinel_cp",
+    })?;
+    logging::init(LogSettings::default(), Some(pipeline.layer()));
+    Ok(pipeline)
+}
+
+/// Logging alone (commands that serve nothing, tests).
 pub fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+    logging::init(LogSettings::default(), None);
 }

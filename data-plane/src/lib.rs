@@ -27,7 +27,7 @@ pub mod agents;
 pub mod apply;
 pub mod body;
 pub mod cache;
-pub mod clock;
+pub use sentinel_telemetry::clock;
 pub mod discovered;
 pub mod error;
 pub mod listeners;

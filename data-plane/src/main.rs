@@ -78,6 +78,17 @@ fn main() -> ExitCode {
     if let Some(zone) = &flags.zone {
         sentinel_proxy::upstream::set_local_zone(zone);
     }
+    // Who this proxy is: its hello to the control plane, and the instance
+    // labels of its metrics and traces, in both modes.
+    telemetry::set_instance(telemetry::Instance {
+        node: flags.node_id.clone().unwrap_or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_else(|_| "sentinel".into())
+        }),
+        region: flags.region.clone().unwrap_or_else(|| "default".into()),
+        zone: flags.zone.clone().unwrap_or_else(|| "default".into()),
+    });
     let color = std::io::stderr().is_terminal();
     if flags.validate || flags.test_config.is_some() {
         let Some(path) = flags.test_config.clone().or(flags.config.clone()) else {
@@ -226,11 +237,7 @@ fn control_plane_mode(flags: Flags) -> ExitCode {
             .and_then(|o| o.logging.as_ref()),
     );
     let workers = workers(cached.and_then(|s| s.server).map(|s| s.worker_threads));
-    let node_id = flags.node_id.clone().unwrap_or_else(|| {
-        std::fs::read_to_string("/etc/hostname")
-            .map(|h| h.trim().to_string())
-            .unwrap_or_else(|_| "sentinel".into())
-    });
+    let instance = telemetry::instance();
     let tls = match (&flags.cp_ca_file, &flags.cp_cert_file, &flags.cp_key_file) {
         (None, None, None) => None,
         (ca, cert, key) => {
@@ -261,9 +268,9 @@ fn control_plane_mode(flags: Flags) -> ExitCode {
         }
     };
     let node = sentinel_proto::Node {
-        id: node_id,
-        region: flags.region.clone().unwrap_or_else(|| "default".into()),
-        zone: flags.zone.clone().unwrap_or_else(|| "default".into()),
+        id: instance.node.clone(),
+        region: instance.region.clone(),
+        zone: instance.zone.clone(),
         build_version: env!("CARGO_PKG_VERSION").into(),
         labels: flags
             .labels

@@ -858,3 +858,63 @@ pub fn discovered_config(routes: usize) -> (String, Vec<sentinel_proto::Resource
     );
     (doc, resources, hash)
 }
+
+/// A proxy's `/metrics` text without the instance labels (`node`, `region`,
+/// `zone`, first on every series), so a test can match a series by its own
+/// labels: `sentinel_agent_health{agent="auth"} 1`.
+pub fn without_instance_labels(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for line in text.lines() {
+        out.push_str(&strip_instance_labels(line));
+        out.push('\n');
+    }
+    out
+}
+
+fn strip_instance_labels(line: &str) -> String {
+    let Some(open) = line.find('{') else {
+        return line.to_string();
+    };
+    let mut rest = &line[open + 1..];
+    let mut stripped = false;
+    for label in ["node=\"", "region=\"", "zone=\""] {
+        let Some(value) = rest.strip_prefix(label) else {
+            continue;
+        };
+        // The value ends at the first quote not escaped by a backslash.
+        let mut escaped = false;
+        let Some(end) = value.char_indices().find_map(|(i, c)| {
+            let closes = c == '"' && !escaped;
+            escaped = c == '\\' && !escaped;
+            closes.then_some(i)
+        }) else {
+            return line.to_string();
+        };
+        rest = &value[end + 1..];
+        rest = rest.strip_prefix(',').unwrap_or(rest);
+        stripped = true;
+    }
+    if !stripped {
+        return line.to_string();
+    }
+    match rest.strip_prefix('}') {
+        Some(after) => format!("{}{after}", &line[..open]),
+        None => format!("{}{rest}", &line[..=open]),
+    }
+}
+
+#[cfg(test)]
+mod instance_label_tests {
+    #[test]
+    fn instance_labels_are_stripped_and_nothing_else() {
+        let text = "# TYPE a counter\n\
+            a{node=\"n\\\"1\",region=\"eu\",zone=\"z\",route=\"r\"} 1\n\
+            b{node=\"n\",region=\"eu\",zone=\"z\"} 2\n\
+            c{route=\"x\"} 3\n\
+            d 4\n";
+        assert_eq!(
+            super::without_instance_labels(text),
+            "# TYPE a counter\na{route=\"r\"} 1\nb 2\nc{route=\"x\"} 3\nd 4\n"
+        );
+    }
+}

@@ -263,6 +263,7 @@ async fn the_seed_agent_examples_apply_through_the_control_plane_and_decide() {
         .text()
         .await
         .unwrap();
+    let m = sentinel_tests::without_instance_labels(&m);
     assert!(m.contains("sentinel_agent_health{agent=\"auth\"} 1"), "{m}");
     assert!(
         m.contains("sentinel_agent_decisions_total{agent=\"waf\",result=\"deny\"} 1"),

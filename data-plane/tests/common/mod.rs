@@ -248,6 +248,7 @@ impl Sentinel {
             .unwrap()
             .text()
             .await
+            .map(|t| sentinel_tests::without_instance_labels(&t))
             .unwrap()
     }
 
