@@ -314,12 +314,6 @@ fn cases() -> Vec<Case> {
             "agents {\n  agent \"a\" { unix-socket \"/run/a.sock\"; }\n}\nroutes {\n  route \"r\" {\n    upstream \"api\"\n    agents \"a\" @@\"a\"\n  }\n}\n",
             "agent `a` is listed twice",
         ),
-        with_help(
-            "otlp tracing",
-            "observability {\n  tracing {\n    @@backend \"otlp\" { endpoint \"http://127.0.0.1:4317\"; }\n  }\n}\n",
-            "`backend \"otlp\"` is not supported yet: proxies cannot run OTLP trace export",
-            "issue 15",
-        ),
         // --- conflicting or missing options
         case(
             "two path matchers",
@@ -601,25 +595,31 @@ fn diagnostics_serialize_for_the_api() {
 }
 
 #[test]
-fn features_proxies_cannot_run_are_refused_but_their_supported_forms_compile() {
-    // The supported neighbours of each refused node still compile.
-    let ok = "observability {\n  tracing { enabled #false; sampling-rate 0.5; }\n}\nupstreams {\n  upstream \"a\" {\n    discovery \"static\"\n    target \"127.0.0.1:1\"\n  }\n}\nfilters {\n  filter \"f\" { type \"rate-limit\"; max-rps 1; backend \"local\"; }\n}\nroutes {\n  route \"r\" { upstream \"a\"; filters \"f\"; }\n}\n";
-    sentinel_config::compile("ok.kdl", ok).unwrap_or_else(|d| panic!("{}", d.render(false)));
-
-    // Every use is reported, once, in one pass, rendered with a caret.
-    let doc = "agents {\n  agent \"a\" { unix-socket \"/run/a.sock\"; }\n}\nobservability {\n  tracing {\n    backend \"otlp\" { endpoint \"http://127.0.0.1:4317\"; }\n  }\n}\nupstreams {\n  upstream \"u\" { target \"127.0.0.1:1\"; }\n}\nroutes {\n  route \"r\" { upstream \"u\"; agents \"a\"; }\n}\n";
-    let d = sentinel_config::compile("all.kdl", doc).unwrap_err();
-    let refused: Vec<(usize, usize)> = d
-        .iter()
-        .filter(|d| d.message.contains("is not supported yet"))
-        .map(|d| (d.line, d.column))
-        .collect();
-    // Agents run since issue 14: only the OTLP backend is refused.
-    assert_eq!(refused, vec![(6, 5)], "{d}");
-    let rendered = d.render(false);
-    assert!(rendered.contains("all.kdl:6:5"), "{rendered}");
-    assert!(
-        rendered.contains("6 │     backend \"otlp\" {") && rendered.contains("╰── here"),
-        "{rendered}"
-    );
+fn the_seeds_tracing_example_compiles_and_propagation_is_w3c_or_b3() {
+    // seeds/000: `observability { tracing { backend "otlp" { endpoint … }
+    // sampling-rate service-name propagation "w3c" } }`, runnable since
+    // issue 15.
+    for propagation in ["w3c", "b3"] {
+        let doc = format!(
+            "observability {{\n  tracing {{\n    backend \"otlp\" {{\n      endpoint \"http://jaeger-collector:4317\"\n    }}\n    sampling-rate 0.01\n    service-name \"sentinel\"\n    propagation \"{propagation}\"\n  }}\n}}\nupstreams {{\n  upstream \"u\" {{ target \"127.0.0.1:1\"; }}\n}}\nroutes {{\n  route \"r\" {{ upstream \"u\"; }}\n}}\n"
+        );
+        let snapshot = sentinel_config::compile("seed.kdl", &doc)
+            .unwrap_or_else(|d| panic!("{}", d.render(false)));
+        let t = snapshot
+            .settings
+            .observability
+            .and_then(|o| o.tracing)
+            .expect("tracing settings");
+        assert!(t.enabled);
+        assert_eq!(t.otlp_endpoint, "http://jaeger-collector:4317");
+        assert_eq!(t.sampling_rate, 0.01);
+        assert_eq!(t.service_name, "sentinel");
+        assert_eq!(t.propagation, propagation);
+    }
+    let d = sentinel_config::compile(
+        "bad.kdl",
+        "observability {\n  tracing {\n    backend \"otlp\" { endpoint \"http://c:4317\"; }\n    propagation \"jaeger\"\n  }\n}\n",
+    )
+    .unwrap_err();
+    assert!(d.to_string().contains("jaeger"), "{d}");
 }

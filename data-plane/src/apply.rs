@@ -125,6 +125,13 @@ impl Proxy {
                 .as_ref()
                 .and_then(|o| o.logging.as_ref()),
         );
+        crate::tracer::apply(
+            runtime
+                .settings
+                .observability
+                .as_ref()
+                .and_then(|o| o.tracing.as_ref()),
+        );
         self.workers
             .observe(runtime.settings.server.map_or(0, |s| s.worker_threads));
         metrics::counter!("sentinel_config_applies_total", "result" => "success").increment(1);

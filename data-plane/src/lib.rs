@@ -40,5 +40,6 @@ pub mod stream;
 pub mod telemetry;
 pub mod timed_body;
 pub mod tls;
+pub mod tracer;
 pub mod upstream;
 pub mod workers;

@@ -21,6 +21,7 @@ pub mod browser;
 pub mod consul;
 pub mod dnsmasq;
 pub mod kube;
+pub mod otlp;
 pub mod raw;
 pub mod redis;
 pub mod scripted;

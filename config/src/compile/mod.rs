@@ -250,7 +250,7 @@ const PARSER_STACK_PER_BYTE: usize = if cfg!(debug_assertions) {
 /// the parser's recursion is not bounded by block depth alone (see
 /// [`PARSER_STACK_PER_BYTE`]); `bounds::check` has already capped the length.
 /// A panic inside the parser becomes a diagnostic too.
-fn parse(file: &str, text: &str) -> Result<KdlDocument, Diagnostics> {
+pub(crate) fn parse(file: &str, text: &str) -> Result<KdlDocument, Diagnostics> {
     let stack = PARSER_STACK_BASE.saturating_add(text.len().saturating_mul(PARSER_STACK_PER_BYTE));
     let parsed = std::thread::scope(|scope| {
         std::thread::Builder::new()

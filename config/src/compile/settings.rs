@@ -200,7 +200,7 @@ fn tracing(ctx: &mut Ctx, node: &KdlNode, tracing: &mut pb::Tracing) {
                 }
             }
             "propagation" => {
-                if let Some(v) = ctx.choice(child, &[("w3c", "w3c")]) {
+                if let Some(v) = ctx.choice(child, &[("w3c", "w3c"), ("b3", "b3")]) {
                     tracing.propagation = v.to_string();
                 }
             }

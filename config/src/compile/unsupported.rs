@@ -40,46 +40,51 @@ pub(crate) struct Use {
     pub args: &'static [&'static str],
 }
 
-#[allow(dead_code)] // for the next feature listed by node path alone
+#[cfg(test)]
 const fn node(path: &'static [&'static str]) -> Use {
     Use { path, args: &[] }
 }
 
+#[cfg(test)]
 const fn node_with(path: &'static [&'static str], args: &'static [&'static str]) -> Use {
     Use { path, args }
 }
 
-/// The one list. Delete an entry when the proxy can run the feature.
-pub(crate) const UNSUPPORTED: &[Unsupported] = &[Unsupported {
-    feature: "OTLP trace export",
-    issue: 15,
-    instead: "remove the `backend \"otlp\"` block and write `enabled #false` in `tracing`",
-    uses: &[node_with(
-        &["observability", "tracing", "backend"],
-        &["otlp"],
-    )],
-}];
+/// The one list. Delete an entry when the proxy can run the feature; add
+/// one (with the issue that builds it) for a feature the language gains
+/// before the proxy does. Empty since OTLP trace export (issue 15).
+pub(crate) const UNSUPPORTED: &[Unsupported] = &[];
 
 /// Reports every use of an [`UNSUPPORTED`] feature in `doc`.
 pub(crate) fn check(ctx: &mut Ctx, doc: &KdlDocument) {
+    check_list(ctx, doc, UNSUPPORTED);
+}
+
+fn check_list(ctx: &mut Ctx, doc: &KdlDocument, list: &[Unsupported]) {
+    let depth = max_depth(list);
     let mut path = Vec::new();
     for n in doc.nodes() {
-        visit(ctx, n, &mut path);
+        visit(ctx, n, &mut path, list, depth);
     }
 }
 
 /// Longest path in the list: nothing deeper can match.
-fn max_depth() -> usize {
-    UNSUPPORTED
-        .iter()
+fn max_depth(list: &[Unsupported]) -> usize {
+    list.iter()
         .flat_map(|f| f.uses.iter().map(|u| u.path.len()))
         .max()
         .unwrap_or(0)
 }
 
-fn visit<'a>(ctx: &mut Ctx, n: &'a KdlNode, path: &mut Vec<&'a str>) {
+fn visit<'a>(
+    ctx: &mut Ctx,
+    n: &'a KdlNode,
+    path: &mut Vec<&'a str>,
+    list: &[Unsupported],
+    depth: usize,
+) {
     path.push(name(n));
-    for feature in UNSUPPORTED {
+    for feature in list {
         if feature.uses.iter().any(|u| matches(u, path, n)) {
             let shown = match first_arg(n) {
                 Some(a) => format!("{} \"{a}\"", name(n)),
@@ -98,9 +103,9 @@ fn visit<'a>(ctx: &mut Ctx, n: &'a KdlNode, path: &mut Vec<&'a str>) {
             );
         }
     }
-    if path.len() < max_depth() {
+    if path.len() < depth {
         for child in children(n) {
-            visit(ctx, child, path);
+            visit(ctx, child, path, list, depth);
         }
     }
     path.pop();
@@ -138,5 +143,57 @@ mod tests {
                 );
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod check_tests {
+    use super::*;
+
+    const LIST: &[Unsupported] = &[
+        Unsupported {
+            feature: "teleportation",
+            issue: 99,
+            instead: "walk",
+            uses: &[node_with(&["travel", "mode"], &["teleport"])],
+        },
+        Unsupported {
+            feature: "time travel",
+            issue: 98,
+            instead: "wait",
+            uses: &[node(&["travel", "back"])],
+        },
+    ];
+
+    #[test]
+    fn every_use_of_a_listed_feature_gets_one_located_error_naming_its_issue() {
+        let text = "travel {\n  mode \"walk\"\n  mode \"teleport\"\n  back\n}\nback\n";
+        let doc = crate::compile::parse("t.kdl", text).expect("parses");
+        let mut ctx = Ctx::new("t.kdl", text);
+        check_list(&mut ctx, &doc, LIST);
+        let found: Vec<(usize, usize, String, Option<String>)> = ctx
+            .finish()
+            .iter()
+            .map(|d| (d.line, d.column, d.message.clone(), d.help.clone()))
+            .collect();
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert_eq!((found[0].0, found[0].1), (3, 3));
+        assert!(
+            found[0]
+                .2
+                .contains("`mode \"teleport\"` is not supported yet")
+        );
+        assert!(
+            found[0]
+                .3
+                .as_deref()
+                .is_some_and(|h| h.contains("issue 99"))
+        );
+        assert_eq!((found[1].0, found[1].1), (4, 3));
+        assert!(found[1].2.contains("time travel (issue 98)"));
+        // The real list is empty: nothing is refused.
+        let mut ctx = Ctx::new("t.kdl", text);
+        check(&mut ctx, &doc);
+        assert!(!ctx.has_errors());
     }
 }
