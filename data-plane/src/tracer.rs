@@ -10,7 +10,10 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
 use sentinel_proto as pb;
-use sentinel_telemetry::trace::{Pipeline, Propagation, Settings};
+use sentinel_telemetry::trace::{
+    Context, KeyValue, Pipeline, Propagation, Settings, SpanKind, Status, Tracer,
+};
+use sentinel_telemetry::trace::TraceContextExt as _;
 
 static CURRENT: ArcSwapOption<Pipeline> = ArcSwapOption::const_empty();
 
@@ -65,5 +68,200 @@ pub fn apply(tracing: Option<&pb::Tracing>) {
             CURRENT.store(None);
             tracing::warn!(error = %e, "cannot start trace export; tracing is off");
         }
+    }
+}
+
+/// A proxied request's server span (HTTP semantic conventions) and the
+/// children its phases start: rate-limit decisions, agent calls and one
+/// client span per upstream attempt, so retries show as siblings.
+///
+/// Started only while tracing is on; the parent comes from the request's
+/// headers (the configured propagation), and the sampler follows a parent's
+/// decision or samples new traces at the configured rate. An unsampled span
+/// records nothing, but its context still travels upstream.
+pub struct RequestSpan {
+    pipeline: Arc<Pipeline>,
+    cx: Context,
+}
+
+/// A child of a [`RequestSpan`]; ends when dropped if not ended before.
+pub struct ChildSpan {
+    pipeline: Arc<Pipeline>,
+    cx: Context,
+}
+
+impl RequestSpan {
+    /// The server span of `req`, when tracing is on.
+    pub fn start<B>(req: &http::Request<B>, client: std::net::SocketAddr, tls: bool) -> Option<Self> {
+        let guard = current();
+        let pipeline = guard.as_ref()?;
+        let parent = pipeline.extract(req.headers());
+        let method = req.method().as_str().to_string();
+        let mut attributes = vec![
+            KeyValue::new("http.request.method", method.clone()),
+            KeyValue::new("url.path", req.uri().path().to_string()),
+            KeyValue::new("url.scheme", if tls { "https" } else { "http" }),
+            KeyValue::new("client.address", client.ip().to_string()),
+            KeyValue::new("client.port", i64::from(client.port())),
+            KeyValue::new("network.protocol.version", protocol_version(req.version())),
+        ];
+        if let Some(query) = req.uri().query() {
+            attributes.push(KeyValue::new("url.query", query.to_string()));
+        }
+        let tracer = pipeline.tracer();
+        let span = tracer
+            .span_builder(method)
+            .with_kind(SpanKind::Server)
+            .with_attributes(attributes)
+            .start_with_context(tracer, &parent);
+        Some(RequestSpan {
+            pipeline: Arc::clone(pipeline),
+            cx: parent.with_span(span),
+        })
+    }
+
+    /// The trace id, for the access log.
+    pub fn trace_id(&self) -> Option<String> {
+        sentinel_telemetry::trace::trace_id(&self.cx)
+    }
+
+    /// Names the span after its route (`GET orders`), as the conventions
+    /// name server spans after the route template.
+    pub fn routed(&self, method: &http::Method, route: &str) {
+        let span = self.cx.span();
+        span.update_name(format!("{method} {route}"));
+        span.set_attribute(KeyValue::new("http.route", route.to_string()));
+    }
+
+    /// Starts a child span.
+    pub fn child(&self, name: String, kind: SpanKind, attributes: Vec<KeyValue>) -> ChildSpan {
+        let tracer = self.pipeline.tracer();
+        let span = tracer
+            .span_builder(name)
+            .with_kind(kind)
+            .with_attributes(attributes)
+            .start_with_context(tracer, &self.cx);
+        ChildSpan {
+            pipeline: Arc::clone(&self.pipeline),
+            cx: self.cx.with_span(span),
+        }
+    }
+
+    /// A client span for one upstream attempt (`attempt` counts from 1).
+    pub fn attempt(
+        &self,
+        method: &http::Method,
+        upstream: &str,
+        target: &str,
+        attempt: u32,
+    ) -> ChildSpan {
+        let mut attributes = vec![
+            KeyValue::new("http.request.method", method.as_str().to_string()),
+            KeyValue::new("sentinel.upstream", upstream.to_string()),
+        ];
+        match target.rsplit_once(':') {
+            Some((host, port)) => {
+                let host = host.trim_start_matches('[').trim_end_matches(']');
+                attributes.push(KeyValue::new("server.address", host.to_string()));
+                if let Ok(port) = port.parse::<i64>() {
+                    attributes.push(KeyValue::new("server.port", port));
+                }
+            }
+            None => attributes.push(KeyValue::new("server.address", target.to_string())),
+        }
+        if attempt > 1 {
+            attributes.push(KeyValue::new(
+                "http.request.resend_count",
+                i64::from(attempt - 1),
+            ));
+        }
+        self.child(method.as_str().to_string(), SpanKind::Client, attributes)
+    }
+
+    /// Ends the server span with the response the client got. A 5xx (or a
+    /// failure the client got as one) is an error, as the conventions say
+    /// for server spans.
+    pub fn finish(
+        &self,
+        status: u16,
+        upstream: Option<&str>,
+        target: Option<&str>,
+        attempts: u32,
+        error: Option<String>,
+    ) {
+        let span = self.cx.span();
+        span.set_attribute(KeyValue::new(
+            "http.response.status_code",
+            i64::from(status),
+        ));
+        if let Some(u) = upstream {
+            span.set_attribute(KeyValue::new("sentinel.upstream", u.to_string()));
+        }
+        if let Some(t) = target {
+            span.set_attribute(KeyValue::new("sentinel.target", t.to_string()));
+        }
+        if attempts > 1 {
+            span.set_attribute(KeyValue::new("sentinel.attempts", i64::from(attempts)));
+        }
+        if status >= 500 {
+            span.set_attribute(KeyValue::new("error.type", status.to_string()));
+            span.set_status(Status::error(error.unwrap_or_default()));
+        }
+        span.end();
+    }
+}
+
+impl ChildSpan {
+    /// Writes this span's context into outgoing headers (the configured
+    /// propagation), replacing what the client sent.
+    pub fn inject(&self, headers: &mut http::HeaderMap) {
+        self.pipeline.inject(&self.cx, headers);
+    }
+
+    /// This span's context as a W3C `traceparent` (for agents).
+    pub fn traceparent(&self) -> Option<String> {
+        sentinel_telemetry::trace::traceparent(&self.cx)
+    }
+
+    pub fn set(&self, attribute: KeyValue) {
+        self.cx.span().set_attribute(attribute);
+    }
+
+    /// Ends the span as a success.
+    pub fn ok(self) {
+        self.cx.span().end();
+    }
+
+    /// Ends the span as a failure of `kind` (`error.type`).
+    pub fn failed(self, kind: &str, message: String) {
+        let span = self.cx.span();
+        span.set_attribute(KeyValue::new("error.type", kind.to_string()));
+        span.set_status(Status::error(message));
+        span.end();
+    }
+
+    /// Ends an HTTP client span with the status the upstream answered
+    /// (4xx and 5xx are errors for a client span).
+    pub fn answered(self, status: u16) {
+        let span = self.cx.span();
+        span.set_attribute(KeyValue::new(
+            "http.response.status_code",
+            i64::from(status),
+        ));
+        if status >= 400 {
+            span.set_attribute(KeyValue::new("error.type", status.to_string()));
+            span.set_status(Status::error(String::new()));
+        }
+        span.end();
+    }
+}
+
+fn protocol_version(v: http::Version) -> &'static str {
+    match v {
+        http::Version::HTTP_09 => "0.9",
+        http::Version::HTTP_10 => "1.0",
+        http::Version::HTTP_2 => "2",
+        http::Version::HTTP_3 => "3",
+        _ => "1.1",
     }
 }

@@ -21,9 +21,9 @@ use std::time::Duration;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use opentelemetry::propagation::text_map_propagator::FieldIter;
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
-pub use opentelemetry::trace::{Span, SpanKind, Status, Tracer};
+pub use opentelemetry::trace::{Span, SpanKind, Status, TraceContextExt, Tracer};
 use opentelemetry::trace::{
-    SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState, TracerProvider as _,
+    SpanContext, SpanId, TraceFlags, TraceId, TraceState, TracerProvider as _,
 };
 pub use opentelemetry::{Context, KeyValue};
 use opentelemetry_otlp::WithExportConfig;
