@@ -11,6 +11,9 @@ pub const METRICS: &[&str] = &[
     "sentinel_cp_acks_total",
     "sentinel_cp_nacks_total",
     "sentinel_cp_convergence_seconds",
+    "sentinel_cp_push_to_ack_seconds",
+    "sentinel_cp_nodes_behind",
+    "sentinel_cp_store_up",
     "sentinel_cp_stream_errors_total",
     "sentinel_cp_resyncs_total",
     "sentinel_cp_stale_answers_total",
@@ -57,6 +60,7 @@ pub fn metrics() -> PrometheusHandle {
                         &buckets,
                     )
                 })
+                .and_then(push_to_ack_buckets)
                 .unwrap_or_else(|_| PrometheusBuilder::new());
             match builder.install_recorder() {
                 Ok(h) => h,
@@ -64,6 +68,20 @@ pub fn metrics() -> PrometheusHandle {
             }
         })
         .clone()
+}
+
+/// Buckets of `sentinel_cp_push_to_ack_seconds`: a push is usually
+/// answered within milliseconds (a proxy applies off its workers), a slow
+/// build or a big config takes seconds.
+fn push_to_ack_buckets(
+    builder: PrometheusBuilder,
+) -> Result<PrometheusBuilder, metrics_exporter_prometheus::BuildError> {
+    builder.set_buckets_for_metric(
+        Matcher::Full("sentinel_cp_push_to_ack_seconds".into()),
+        &[
+            0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+        ],
+    )
 }
 
 pub fn spawn_upkeep() {

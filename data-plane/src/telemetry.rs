@@ -28,6 +28,8 @@ pub const METRICS: &[&str] = &[
     "sentinel_upstream_health",
     "sentinel_upstream_ejections_total",
     "sentinel_upstream_retries_total",
+    "sentinel_upstream_requests_total",
+    "sentinel_upstream_request_duration_seconds",
     "sentinel_circuit_breaker_state",
     "sentinel_circuit_breaker_trips_total",
     "sentinel_rate_limit_decisions_total",
@@ -75,6 +77,7 @@ pub fn metrics() -> PrometheusHandle {
                         &agent_buckets,
                     )
                 })
+                .and_then(upstream_buckets)
                 .unwrap_or_else(|_| PrometheusBuilder::new());
             match builder.install_recorder() {
                 Ok(handle) => handle,
@@ -83,6 +86,20 @@ pub fn metrics() -> PrometheusHandle {
             }
         })
         .clone()
+}
+
+/// Buckets of the per-upstream attempt histogram: the request histogram's,
+/// so a route's latency and its upstream's compare bucket by bucket.
+fn upstream_buckets(
+    builder: PrometheusBuilder,
+) -> Result<PrometheusBuilder, metrics_exporter_prometheus::BuildError> {
+    builder.set_buckets_for_metric(
+        Matcher::Full("sentinel_upstream_request_duration_seconds".into()),
+        &[
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            30.0,
+        ],
+    )
 }
 
 /// Log levels the config may name, from quietest to loudest.
