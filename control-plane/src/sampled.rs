@@ -2,7 +2,9 @@
 //! `sentinel_cp_nodes_behind{region}` (from the sessions open on this
 //! replica, [`Fleet::nodes_behind`]) and `sentinel_cp_store_up` (the
 //! database answers `SELECT 1` — the query `/readyz` runs — within
-//! [`STORE_CHECK_TIMEOUT`]).
+//! [`STORE_CHECK_TIMEOUT`]). It also registers `sentinel_cp_nacks_total`
+//! at 0 when the replica starts, for the alert rule that takes its
+//! `increase`.
 //!
 //! Sampling keeps both true without touching the paths that change them:
 //! "behind" depends on the active version, the open rollout and every
@@ -22,6 +24,10 @@ pub const EVERY: Duration = Duration::from_secs(1);
 pub const STORE_CHECK_TIMEOUT: Duration = Duration::from_secs(3);
 
 pub fn spawn(fleet: Arc<Fleet>) {
+    // The NACK counter exists from the start: Prometheus's `increase` sees
+    // the first NACK only as a step from a scraped 0 (the alert rule
+    // SentinelConfigNacks depends on it).
+    metrics::counter!("sentinel_cp_nacks_total").increment(0);
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -250,7 +250,8 @@ impl StreamService {
         keepalive.reset();
         let mut push_needed = true;
         // Registered once per session: the ACK path records without a lookup.
-        let push_to_ack = metrics::histogram!("sentinel_cp_push_to_ack_seconds", "region" => node.region.clone());
+        let push_to_ack =
+            metrics::histogram!("sentinel_cp_push_to_ack_seconds", "region" => node.region.clone());
         let end = loop {
             if push_needed && in_flight.is_none() {
                 push_needed = false;

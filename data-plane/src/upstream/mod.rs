@@ -153,11 +153,11 @@ impl UpstreamMetrics {
             self.error.increment(1);
             return;
         };
-        let counter = |status: u16| {
-            metrics::counter!("sentinel_upstream_requests_total", "upstream" => self.name.clone(), "status" => status.to_string())
-        };
+        let counter = |status: u16| metrics::counter!("sentinel_upstream_requests_total", "upstream" => self.name.clone(), "status" => status.to_string());
         match COMMON_STATUSES.iter().position(|s| *s == status) {
-            Some(i) => self.statuses[i].get_or_init(|| counter(status)).increment(1),
+            Some(i) => self.statuses[i]
+                .get_or_init(|| counter(status))
+                .increment(1),
             None => counter(status).increment(1),
         }
     }
