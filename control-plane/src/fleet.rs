@@ -610,22 +610,16 @@ impl Fleet {
     /// behind while no version is active.
     pub fn nodes_behind(&self) -> BTreeMap<String, usize> {
         let current = self.current();
-        let (sessions, mut regions): (
-            Vec<(String, String, Option<String>)>,
-            BTreeMap<String, usize>,
-        ) = match self.sessions.lock() {
-            Ok(s) => (
-                s.by_node
-                    .iter()
-                    .map(|(node, (region, _))| {
-                        let held = s.holds.get(node).map(|c| c.hash.clone());
-                        (node.clone(), region.clone(), held)
-                    })
-                    .collect(),
-                s.by_region.keys().map(|r| (r.clone(), 0)).collect(),
-            ),
-            Err(_) => return BTreeMap::new(),
-        };
+        let mut regions = BTreeMap::new();
+        // (node, region, hash its session converged on), taken under the lock.
+        let mut sessions = Vec::new();
+        if let Ok(s) = self.sessions.lock() {
+            regions.extend(s.by_region.keys().map(|r| (r.clone(), 0)));
+            for (node, (region, _)) in &s.by_node {
+                let held = s.holds.get(node).map(|c| c.hash.clone());
+                sessions.push((node.clone(), region.clone(), held));
+            }
+        }
         for (node, region, held) in sessions {
             let desired = self.desired(&node, &current);
             if desired.number != 0 && held.as_deref() != Some(desired.hash.as_str()) {

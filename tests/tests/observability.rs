@@ -498,6 +498,28 @@ scrape_configs:
         !alerts.to_string().contains("SentinelInstanceDown"),
         "every instance is up: {alerts}"
     );
+
+    // A proxy that reconnects already running the active version is
+    // current at its hello: an ACK, but no push, so no push → ACK sample.
+    let acks = |m: &str| sample(m, "sentinel_cp_acks_total");
+    let before = acks(&scrape(&cp_metrics).await).unwrap_or(0.0);
+    let mut us1 = us1;
+    us1.restart();
+    let reacked = wait_for(Duration::from_secs(20), || async {
+        acks(&scrape(&cp_metrics).await) == Some(before + 1.0)
+    })
+    .await;
+    let m = scrape(&cp_metrics).await;
+    assert!(
+        reacked,
+        "us-1's hello counts as an ACK\n{m}\n{}",
+        us1.logs()
+    );
+    assert_eq!(
+        sample(&m, r#"sentinel_cp_push_to_ack_seconds_count{region="us"}"#),
+        Some(2.0),
+        "{m}"
+    );
     drop(taken);
 }
 
