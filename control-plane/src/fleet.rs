@@ -602,6 +602,33 @@ impl Fleet {
         self.health.lock().map(|h| h.clone()).unwrap_or_default()
     }
 
+    /// Per region of the sessions open on this replica (every region seen
+    /// since start, so a region that caught up reads 0): how many connected
+    /// nodes do not run what they should — their session has not converged
+    /// on [`Fleet::desired`] (by effective hash: a NACKed version, a push
+    /// still in flight, discovered endpoints not yet taken). Nothing is
+    /// behind while no version is active.
+    pub fn nodes_behind(&self) -> BTreeMap<String, usize> {
+        let current = self.current();
+        let mut regions = BTreeMap::new();
+        // (node, region, hash its session converged on), taken under the lock.
+        let mut sessions = Vec::new();
+        if let Ok(s) = self.sessions.lock() {
+            regions.extend(s.by_region.keys().map(|r| (r.clone(), 0)));
+            for (node, (region, _)) in &s.by_node {
+                let held = s.holds.get(node).map(|c| c.hash.clone());
+                sessions.push((node.clone(), region.clone(), held));
+            }
+        }
+        for (node, region, held) in sessions {
+            let desired = self.desired(&node, &current);
+            if desired.number != 0 && held.as_deref() != Some(desired.hash.as_str()) {
+                *regions.entry(region).or_default() += 1;
+            }
+        }
+        regions
+    }
+
     /// Registers the delta session `epoch` as `node`'s current one.
     pub fn session_started(&self, node: &str, region: &str, epoch: Epoch) {
         if let Ok(mut s) = self.sessions.lock() {

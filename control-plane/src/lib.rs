@@ -18,6 +18,7 @@
 //!   writer, leader election (the sources are the `sentinel-discovery`
 //!   crate);
 //! - `notify` — LISTEN/NOTIFY and polling across replicas;
+//! - `sampled` — the gauges sampled once a second (nodes behind, store up);
 //! - `server` — wiring: listeners, TLS, shutdown.
 
 pub mod api;
@@ -30,6 +31,7 @@ pub mod leader;
 pub mod notify;
 pub mod rollout;
 pub mod rollouts;
+pub mod sampled;
 pub mod server;
 pub mod store;
 pub mod stream;

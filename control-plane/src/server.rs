@@ -91,6 +91,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let discovered = crate::discovery::intake(Arc::clone(&fleet));
     crate::discovery::leader::spawn(Arc::clone(&fleet), discovered);
     crate::health::spawn(Arc::clone(&fleet), settings.health_quorum_percent);
+    crate::sampled::spawn(Arc::clone(&fleet));
 
     let (shutdown_tx, shutdown) = watch::channel(false);
     tokio::spawn(async move {

@@ -14,6 +14,9 @@ pub const METRICS: &[&str] = &[
     "sentinel_cp_acks_total",
     "sentinel_cp_nacks_total",
     "sentinel_cp_convergence_seconds",
+    "sentinel_cp_push_to_ack_seconds",
+    "sentinel_cp_nodes_behind",
+    "sentinel_cp_store_up",
     "sentinel_cp_stream_errors_total",
     "sentinel_cp_resyncs_total",
     "sentinel_cp_stale_answers_total",
@@ -48,9 +51,15 @@ pub const METRICS: &[&str] = &[
 const SECONDS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
+/// A push is usually answered within milliseconds (a proxy applies off
+/// its workers); a slow build or a big config takes seconds.
+const PUSH_TO_ACK: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
 const BUCKETS: &[Buckets<'static>] = &[
     ("sentinel_cp_convergence_seconds", SECONDS),
     ("sentinel_cp_rollout_stage_seconds", SECONDS),
+    ("sentinel_cp_push_to_ack_seconds", PUSH_TO_ACK),
 ];
 
 /// Installs the global Prometheus recorder once; later calls return it.

@@ -588,6 +588,8 @@ async fn handle(
             Ok(Err(e)) => Err(classify_send_error(&target.address, &e, max_body)),
             Ok(Ok(resp)) => Ok(resp),
         };
+        let status = result.as_ref().ok().map(|r| r.status().as_u16());
+        upstream.metrics.attempt(status, sent_at.elapsed());
         let can_retry = attempt < attempts;
         match result {
             Ok(resp) => {

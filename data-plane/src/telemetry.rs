@@ -21,6 +21,8 @@ pub const METRICS: &[&str] = &[
     "sentinel_upstream_health",
     "sentinel_upstream_ejections_total",
     "sentinel_upstream_retries_total",
+    "sentinel_upstream_requests_total",
+    "sentinel_upstream_request_duration_seconds",
     "sentinel_circuit_breaker_state",
     "sentinel_circuit_breaker_trips_total",
     "sentinel_rate_limit_decisions_total",
@@ -55,6 +57,8 @@ const AGENT_BUCKETS: &[f64] = &[
 ];
 const BUCKETS: &[Buckets<'static>] = &[
     ("sentinel_request_duration_seconds", REQUEST_BUCKETS),
+    // A route's latency and its upstream's compare bucket by bucket.
+    ("sentinel_upstream_request_duration_seconds", REQUEST_BUCKETS),
     ("sentinel_agent_latency_seconds", AGENT_BUCKETS),
 ];
 

@@ -29,6 +29,15 @@ Groups:
                  third-party images (PostgreSQL, Redis)
   systemd        `systemd-analyze verify` when systemd is present; hardening
                  directives the issue asks for
+  observability  deploy/observability/: `promtool check rules` and `promtool
+                 test rules` (every alert has a firing and a quiet case, and
+                 severity, summary, description), `promtool check config` of
+                 the example configs; the Grafana dashboard: datasource and
+                 region variables, every panel on `${datasource}` with at
+                 least one expression; every Sentinel metric the dashboard
+                 and the rules name is in docs/operations.md. (That each
+                 expression returns data from a real fleet is
+                 tests/tests/observability.rs.)
   flags          every flag and env var deploy/ passes to sentinel,
                  sentinel-cp or sentinelctl (rendered manifests, Compose,
                  systemd units and env files, Dockerfile, docs/deploy.md)
@@ -62,6 +71,8 @@ DOCKERFILE = DEPLOY / "docker" / "Dockerfile"
 DOCKERIGNORE = DEPLOY / "docker" / "Dockerfile.dockerignore"
 SYSTEMD = DEPLOY / "systemd"
 DEPLOY_DOC = ROOT / "docs" / "deploy.md"
+OBSERVABILITY = DEPLOY / "observability"
+OPERATIONS_DOC = ROOT / "docs" / "operations.md"
 
 RELEASE = "sentinel"
 NAMESPACE = "sentinel"
@@ -545,6 +556,101 @@ def check_systemd(g: Group, bin_dir: Path) -> None:
     g.note("systemd-analyze verify")
 
 
+# --- observability ---
+
+
+def promtool(g: Group, *args: str) -> subprocess.CompletedProcess | None:
+    exe = shutil.which("promtool")
+    if exe is None:
+        g.fail("promtool is missing: install the Debian package `prometheus` (scripts/ensure-deps)")
+        return None
+    result = run([exe, *args], cwd=OBSERVABILITY / "prometheus")
+    if result.returncode != 0:
+        g.fail(f"promtool {' '.join(args)}:\n" + (result.stdout + result.stderr).strip())
+    return result
+
+
+def metric_names(expr: str) -> set[str]:
+    names = set(re.findall(r"\bsentinel_[a-z0-9_]+", expr))
+    return {re.sub(r"_(bucket|count|sum)$", "", n) for n in names}
+
+
+def check_observability(g: Group) -> None:
+    prom = OBSERVABILITY / "prometheus"
+    for path in ("alerts.yml", "alerts_test.yml", "prometheus.yml", "federation.yml"):
+        if not (prom / path).exists():
+            g.fail(f"{rel(prom / path)} is missing")
+    if g.problems:
+        return
+    if promtool(g, "check", "rules", "alerts.yml") is None:
+        return
+    promtool(g, "test", "rules", "alerts_test.yml")
+    promtool(g, "check", "config", "prometheus.yml")
+    promtool(g, "check", "config", "federation.yml")
+
+    used: set[str] = set()
+    rules = yaml.safe_load((prom / "alerts.yml").read_text())
+    alerts = [r for grp in rules["groups"] for r in grp["rules"] if "alert" in r]
+    tests = yaml.safe_load((prom / "alerts_test.yml").read_text())
+    cases: dict[str, list[bool]] = {}
+    for t in tests.get("tests", []):
+        for case in t.get("alert_rule_test", []):
+            cases.setdefault(case["alertname"], []).append(bool(case.get("exp_alerts")))
+    for a in alerts:
+        name = a["alert"]
+        used |= metric_names(a["expr"])
+        if a.get("labels", {}).get("severity") not in ("critical", "warning", "info"):
+            g.fail(f"alert {name}: no severity label (critical, warning or info)")
+        for key in ("summary", "description"):
+            if not a.get("annotations", {}).get(key):
+                g.fail(f"alert {name}: no {key} annotation")
+        seen = cases.get(name, [])
+        if True not in seen or False not in seen:
+            g.fail(f"alert {name}: alerts_test.yml needs a case where it fires and one where it does not")
+
+    path = OBSERVABILITY / "grafana" / "sentinel-fleet.json"
+    try:
+        dash = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        g.fail(f"{rel(path)}: {error}")
+        return
+    variables = {v.get("name"): v for v in dash.get("templating", {}).get("list", [])}
+    ds = variables.get("datasource", {})
+    if ds.get("type") != "datasource" or ds.get("query") != "prometheus":
+        g.fail("the dashboard needs a `datasource` variable of type datasource, query prometheus")
+    if "region" not in variables:
+        g.fail("the dashboard needs a `region` variable")
+    if not isinstance(dash.get("schemaVersion"), int) or dash["schemaVersion"] < 36:
+        g.fail("the dashboard's schemaVersion is missing or older than 36")
+    panels = list(dash.get("panels", []))
+    ids: set[int] = set()
+    count = 0
+    while panels:
+        p = panels.pop()
+        panels.extend(p.get("panels", []))
+        if p.get("id") in ids:
+            g.fail(f"panel id {p.get('id')} is used twice")
+        ids.add(p.get("id"))
+        if p.get("type") == "row":
+            continue
+        count += 1
+        title = p.get("title", "?")
+        if (p.get("datasource") or {}).get("uid") != "${datasource}":
+            g.fail(f"panel {title!r}: its datasource is not ${{datasource}}")
+        exprs = [t.get("expr", "").strip() for t in p.get("targets", [])]
+        if not exprs or not all(exprs):
+            g.fail(f"panel {title!r}: every panel needs targets, each with an expr")
+        for t in p.get("targets", []):
+            if t.get("datasource") and t["datasource"].get("uid") != "${datasource}":
+                g.fail(f"panel {title!r}, target {t.get('refId')}: datasource is not ${{datasource}}")
+            used |= metric_names(t.get("expr", ""))
+    docs = OPERATIONS_DOC.read_text()
+    for name in sorted(used):
+        if f"`{name}`" not in docs:
+            g.fail(f"{name} (dashboard or alert rules) is not documented in {rel(OPERATIONS_DOC)}")
+    g.note(f"{len(alerts)} alerts, {count} panels")
+
+
 # --- flags ---
 
 
@@ -741,6 +847,7 @@ def main() -> int:
     report.run("dockerfile", check_dockerfile, args.venv)
     report.run("compose", check_compose, args.venv)
     report.run("systemd", check_systemd, args.bin_dir)
+    report.run("observability", check_observability)
     report.run("flags", check_flags, args.bin_dir, rendered)
     return report.finish()
 

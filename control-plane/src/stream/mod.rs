@@ -118,6 +118,8 @@ struct InFlight {
     nonce: String,
     /// The configuration the proxy holds once it applies the response.
     target: Arc<ActiveConfig>,
+    /// When its first chunk was sent (`sentinel_cp_push_to_ack_seconds`).
+    sent_at: tokio::time::Instant,
 }
 
 /// Text a proxy sends that ends up in logs and in the store: control
@@ -247,6 +249,9 @@ impl StreamService {
         let mut keepalive = tokio::time::interval(self.keepalive);
         keepalive.reset();
         let mut push_needed = true;
+        // Registered once per session: the ACK path records without a lookup.
+        let push_to_ack =
+            metrics::histogram!("sentinel_cp_push_to_ack_seconds", "region" => node.region.clone());
         let end = loop {
             if push_needed && in_flight.is_none() {
                 push_needed = false;
@@ -275,6 +280,7 @@ impl StreamService {
                     match msg.kind {
                         Some(pb::delta_request::Kind::Ack(ack)) if answered(&ack.nonce) => {
                             let Some(f) = in_flight.take() else { continue };
+                            push_to_ack.record(f.sent_at.elapsed().as_secs_f64());
                             refused = None;
                             self.acked(&node, epoch, &f.target);
                             held = Held::Config(f.target);
@@ -410,6 +416,7 @@ impl StreamService {
         metrics::counter!("sentinel_cp_pushes_total").increment(1);
         metrics::counter!("sentinel_cp_push_bytes_total").increment(bytes as u64);
         let peers = self.fleet.peers();
+        let sent_at = tokio::time::Instant::now();
         for mut c in chunks {
             c.peers = peers;
             if out.send(Ok(c)).await.is_err() {
@@ -419,6 +426,7 @@ impl StreamService {
         Ok(Some(InFlight {
             nonce,
             target: Arc::clone(active),
+            sent_at,
         }))
     }
 

@@ -115,6 +115,54 @@ impl Drop for InFlight {
     }
 }
 
+/// Metric handles of one upstream's attempts (RED: rate, errors,
+/// duration), registered when the upstream is built so that recording an
+/// attempt costs no registry lookup and, for the common statuses, no label
+/// allocation. One attempt is one request sent to a target: a retry is a
+/// second attempt.
+#[derive(Debug)]
+pub struct UpstreamMetrics {
+    name: String,
+    duration: metrics::Histogram,
+    /// `sentinel_upstream_requests_total{status="error"}`: no response.
+    error: metrics::Counter,
+    statuses: [OnceLock<metrics::Counter>; COMMON_STATUSES.len()],
+}
+
+/// Statuses whose counters are cached; any other is looked up per attempt.
+const COMMON_STATUSES: [u16; 16] = [
+    200, 201, 204, 301, 302, 304, 400, 401, 403, 404, 413, 429, 500, 502, 503, 504,
+];
+
+impl UpstreamMetrics {
+    pub fn new(upstream: &str) -> Self {
+        Self {
+            name: upstream.to_string(),
+            duration: metrics::histogram!("sentinel_upstream_request_duration_seconds", "upstream" => upstream.to_string()),
+            error: metrics::counter!("sentinel_upstream_requests_total", "upstream" => upstream.to_string(), "status" => "error"),
+            statuses: Default::default(),
+        }
+    }
+
+    /// Records one finished attempt: the target's status, or `None` when
+    /// there was no response (connect error, timeout, reset), and the time
+    /// from sending the request to the response head (or the failure).
+    pub fn attempt(&self, status: Option<u16>, elapsed: Duration) {
+        self.duration.record(elapsed.as_secs_f64());
+        let Some(status) = status else {
+            self.error.increment(1);
+            return;
+        };
+        let counter = |status: u16| metrics::counter!("sentinel_upstream_requests_total", "upstream" => self.name.clone(), "status" => status.to_string());
+        match COMMON_STATUSES.iter().position(|s| *s == status) {
+            Some(i) => self.statuses[i]
+                .get_or_init(|| counter(status))
+                .increment(1),
+            None => counter(status).increment(1),
+        }
+    }
+}
+
 /// Retries may add at most `budget_percent` of requests per second, but
 /// `min_retries_per_second` are always allowed.
 #[derive(Debug, Default)]
@@ -148,6 +196,8 @@ pub struct Upstream {
     /// Some targets are in the proxy's zone and some are not.
     zone_aware: bool,
     retries_counter: metrics::Counter,
+    /// RED metrics of the attempts sent to this upstream.
+    pub metrics: UpstreamMetrics,
     check_now: Arc<Notify>,
     checked: Arc<Notify>,
     checker: std::sync::OnceLock<tokio::task::AbortHandle>,
@@ -270,6 +320,7 @@ impl Upstream {
             retry: resource.retry.clone().unwrap_or_default(),
             timeouts: resource.timeouts.unwrap_or_default(),
             retries_counter: metrics::counter!("sentinel_upstream_retries_total", "upstream" => resource.name.clone()),
+            metrics: UpstreamMetrics::new(&resource.name),
             health_cfg,
             check_now: Arc::new(Notify::new()),
             checked: Arc::new(Notify::new()),
@@ -599,5 +650,38 @@ mod tests {
         }
         // With nothing else left, the all-unhealthy mode decides.
         assert!(matches!(u.select(&ctx, &[1]), Err(ProxyError::NoTarget(_))));
+    }
+
+    #[test]
+    fn attempts_are_counted_per_upstream_and_status_with_their_duration() {
+        use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(
+                Matcher::Full("sentinel_upstream_request_duration_seconds".into()),
+                &[0.1, 1.0],
+            )
+            .unwrap()
+            .build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            let m = UpstreamMetrics::new("api");
+            m.attempt(Some(200), Duration::from_millis(20));
+            m.attempt(Some(200), Duration::from_millis(30));
+            m.attempt(Some(503), Duration::from_millis(500));
+            m.attempt(Some(418), Duration::from_millis(5));
+            m.attempt(None, Duration::from_secs(2));
+        });
+        let text = handle.render();
+        for line in [
+            r#"sentinel_upstream_requests_total{upstream="api",status="200"} 2"#,
+            r#"sentinel_upstream_requests_total{upstream="api",status="503"} 1"#,
+            r#"sentinel_upstream_requests_total{upstream="api",status="418"} 1"#,
+            r#"sentinel_upstream_requests_total{upstream="api",status="error"} 1"#,
+            r#"sentinel_upstream_request_duration_seconds_bucket{upstream="api",le="0.1"} 3"#,
+            r#"sentinel_upstream_request_duration_seconds_bucket{upstream="api",le="1"} 4"#,
+            r#"sentinel_upstream_request_duration_seconds_count{upstream="api"} 5"#,
+        ] {
+            assert!(text.contains(line), "{line} missing from:\n{text}");
+        }
     }
 }
