@@ -58,7 +58,10 @@ const AGENT_BUCKETS: &[f64] = &[
 const BUCKETS: &[Buckets<'static>] = &[
     ("sentinel_request_duration_seconds", REQUEST_BUCKETS),
     // A route's latency and its upstream's compare bucket by bucket.
-    ("sentinel_upstream_request_duration_seconds", REQUEST_BUCKETS),
+    (
+        "sentinel_upstream_request_duration_seconds",
+        REQUEST_BUCKETS,
+    ),
     ("sentinel_agent_latency_seconds", AGENT_BUCKETS),
 ];
 

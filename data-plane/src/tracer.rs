@@ -10,10 +10,10 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
 use sentinel_proto as pb;
+use sentinel_telemetry::trace::TraceContextExt as _;
 use sentinel_telemetry::trace::{
     Context, KeyValue, Pipeline, Propagation, Settings, SpanKind, Status, Tracer,
 };
-use sentinel_telemetry::trace::TraceContextExt as _;
 
 static CURRENT: ArcSwapOption<Pipeline> = ArcSwapOption::const_empty();
 
@@ -92,7 +92,11 @@ pub struct ChildSpan {
 
 impl RequestSpan {
     /// The server span of `req`, when tracing is on.
-    pub fn start<B>(req: &http::Request<B>, client: std::net::SocketAddr, tls: bool) -> Option<Self> {
+    pub fn start<B>(
+        req: &http::Request<B>,
+        client: std::net::SocketAddr,
+        tls: bool,
+    ) -> Option<Self> {
         let guard = current();
         let pipeline = guard.as_ref()?;
         let parent = pipeline.extract(req.headers());

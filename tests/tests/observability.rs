@@ -340,7 +340,22 @@ scrape_configs:
 
     // The metrics themselves, before Prometheus: per-upstream RED on a
     // proxy, push → ACK per region and nodes behind on the control plane.
-    let m = scrape(&format!("http://{}/metrics", us1.admin)).await;
+    let raw = scrape(&format!("http://{}/metrics", us1.admin)).await;
+    // Every proxy series, and the one build-info series, names its proxy.
+    for line in raw.lines().filter(|l| l.starts_with("sentinel_")) {
+        assert!(
+            line.contains(r#"node="us-1",region="us",zone="us-a""#),
+            "{line}"
+        );
+    }
+    assert_eq!(
+        raw.lines()
+            .filter(|l| l.starts_with("sentinel_build_info{"))
+            .count(),
+        1,
+        "{raw}"
+    );
+    let m = sentinel_tests::without_instance_labels(&raw);
     assert_eq!(
         sample(
             &m,
