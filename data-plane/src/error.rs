@@ -113,6 +113,27 @@ impl ProxyError {
         }
     }
 
+    /// A short stable name of the failure (`error.type` in traces).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ProxyError::NoRoute { .. } => "no_route",
+            ProxyError::NoTarget(_) => "no_target",
+            ProxyError::Connect { .. } => "connect",
+            ProxyError::Upstream { .. } => "upstream",
+            ProxyError::Timeout { .. } => "timeout",
+            ProxyError::BodyDeadline => "body_deadline",
+            ProxyError::BodyStalled { .. } => "body_stalled",
+            ProxyError::BodyTooLarge { .. } => "body_too_large",
+            ProxyError::UriTooLong { .. } => "uri_too_long",
+            ProxyError::BadRequest(_) => "bad_request",
+            ProxyError::RateLimited { .. } => "rate_limited",
+            ProxyError::FilterFailed { .. } => "filter_failed",
+            ProxyError::AgentFailed { .. } => "agent_failed",
+            ProxyError::ShuttingDown => "shutting_down",
+            ProxyError::RequestBodyTimeout { .. } => "request_body_timeout",
+        }
+    }
+
     /// What the client is told: a fixed phrase that names no address,
     /// no upstream error and no internal state (those go to the log).
     pub fn public_reason(&self) -> &'static str {

@@ -42,6 +42,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use rand::Rng;
 use sentinel_proto as pb;
+use sentinel_telemetry::trace::{KeyValue, SpanKind};
 
 use crate::agents::verdict::{self, Action, Mutation};
 use crate::agents::{Agent, DecisionResult, streamed};
@@ -51,6 +52,7 @@ use crate::ratelimit::{self, Decision};
 use crate::routing::RouteEntry;
 use crate::runtime::Runtime;
 use crate::timed_body::{Side, TimedBody};
+use crate::tracer::{ChildSpan, RequestSpan};
 use crate::upstream::balance::PickContext;
 use crate::upstream::{Outcome, Upstream};
 
@@ -159,6 +161,8 @@ struct Trace {
     limits: Option<Decision>,
     /// What the route's agents said about the response and the log.
     agents: Option<Box<AgentTrace>>,
+    /// The request's server span, while tracing is on.
+    span: Option<RequestSpan>,
 }
 
 /// The agents' contributions to a request (boxed: most routes have none).
@@ -188,7 +192,10 @@ pub async fn serve(
         .filter(|v| !v.is_empty() && v.len() <= 200)
         .cloned()
         .unwrap_or_else(new_request_id);
-    let mut trace = Trace::default();
+    let mut trace = Trace {
+        span: RequestSpan::start(&req, conn.client, conn.tls),
+        ..Trace::default()
+    };
     let Some(rt) = shared.runtime.load_full() else {
         let resp = error_response(&ProxyError::ShuttingDown, &request_id);
         return Ok(resp);
@@ -215,7 +222,8 @@ pub async fn serve(
         if failure.is_none()
             && !agents.inspect.is_empty()
             && let Some(route) = trace.route.as_ref()
-            && let Err(e) = response_agents(route, agents, &mut resp, &request_id).await
+            && let Err(e) =
+                response_agents(route, agents, &mut resp, &request_id, trace.span.as_ref()).await
         {
             resp = error_response(&e, &request_id);
             failure = Some(e);
@@ -244,15 +252,26 @@ pub async fn serve(
                 .record(elapsed.as_secs_f64());
         }
     }
+    let upstream = trace.upstream.as_ref();
+    let target = upstream
+        .zip(trace.target)
+        .map(|(u, i)| u.targets[i].address.as_str());
+    if let Some(span) = &trace.span {
+        span.finish(
+            status.as_u16(),
+            upstream.map(|u| u.name.as_str()),
+            target,
+            trace.attempts,
+            failure.as_ref().map(ToString::to_string),
+        );
+    }
     if let Some((method, path)) = access_log {
-        let upstream = trace.upstream.as_ref();
-        let target = upstream
-            .zip(trace.target)
-            .map(|(u, i)| u.targets[i].address.as_str());
+        let trace_id = trace.span.as_ref().and_then(RequestSpan::trace_id);
         tracing::info!(
             target: "sentinel::access",
             kind = "access",
             request_id = request_id.to_str().unwrap_or("-"),
+            trace_id = trace_id.as_deref().unwrap_or("-"),
             client = %conn.client.ip(),
             listener = %conn.listener,
             method = %method,
@@ -354,6 +373,9 @@ async fn handle(
             }
         }
     };
+    if let Some(span) = &trace.span {
+        span.routed(req.method(), &route.name);
+    }
     trace.route = Some(Arc::clone(&route));
     let policies = &route.policies;
     let max_body = if policies.max_body_bytes > 0 {
@@ -382,8 +404,29 @@ async fn handle(
             req.uri().path(),
             req.headers(),
         );
+        // A Redis-backed decision is a call worth a span; a local one is not.
+        let span = trace
+            .span
+            .as_ref()
+            .filter(|_| limiter.is_shared())
+            .map(|s| {
+                s.child(
+                    format!("rate-limit {name}"),
+                    SpanKind::Client,
+                    vec![
+                        KeyValue::new("db.system.name", "redis"),
+                        KeyValue::new("sentinel.filter", name.clone()),
+                    ],
+                )
+            });
         let d = limiter.decide(&key).await;
         if d.unavailable {
+            if let Some(span) = span {
+                span.failed(
+                    "unavailable",
+                    "the rate-limit backend is unavailable".into(),
+                );
+            }
             metrics::counter!("sentinel_rate_limit_decisions_total", "filter" => name.clone(), "decision" => "unavailable")
                 .increment(1);
             return Err(ProxyError::FilterFailed {
@@ -401,6 +444,10 @@ async fn handle(
         };
         metrics::counter!("sentinel_rate_limit_decisions_total", "filter" => name.clone(), "decision" => decision)
             .increment(1);
+        if let Some(span) = span {
+            span.set(KeyValue::new("sentinel.rate_limit.decision", decision));
+            span.ok();
+        }
         trace.limits = Some(d);
         if !d.allowed && limiter.enforces() {
             return Err(ProxyError::RateLimited {
@@ -573,6 +620,11 @@ async fn handle(
         } else {
             headers.take().unwrap_or_default()
         };
+        let attempt_span = trace.span.as_ref().map(|s| {
+            let child = s.attempt(&parts.method, &upstream.name, &target.address, attempt);
+            child.inject(out.headers_mut());
+            child
+        });
 
         let sent_at = tokio::time::Instant::now();
         let result = tokio::time::timeout(head_timeout, upstream.client.request(out)).await;
@@ -590,6 +642,13 @@ async fn handle(
         };
         let status = result.as_ref().ok().map(|r| r.status().as_u16());
         upstream.metrics.attempt(status, sent_at.elapsed());
+        if let Some(span) = attempt_span {
+            match (&result, status) {
+                (_, Some(status)) => span.answered(status),
+                (Err(e), None) => span.failed(e.kind(), e.to_string()),
+                (Ok(_), None) => span.ok(),
+            }
+        }
         let can_retry = attempt < attempts;
         match result {
             Ok(resp) => {
@@ -696,7 +755,7 @@ async fn agents_phase(
             }
             None => (Vec::new(), false),
         };
-        let event = ap::RequestEvent {
+        let mut event = ap::RequestEvent {
             protocol_version: ap::PROTOCOL_VERSION,
             request_id: request_id_text.to_string(),
             route: route.name.to_string(),
@@ -724,10 +783,27 @@ async fn agents_phase(
             body: body_part.0,
             body_truncated: body_part.1,
         };
+        let span = trace.span.as_ref().map(|s| agent_span(s, agent, "request"));
+        if let Some(tp) = span.as_ref().and_then(ChildSpan::traceparent) {
+            // The agent's own spans become children of its call.
+            event.trace = Some(ap::TraceContext {
+                traceparent: tp,
+                tracestate: event.trace.take().map(|t| t.tracestate).unwrap_or_default(),
+            });
+        }
         let timeout = timeout_override.unwrap_or(agent.timeout);
         let v = match agent.on_request(event, timeout).await {
-            Ok(v) => v,
+            Ok(v) => {
+                if let Some(span) = span {
+                    span.set(KeyValue::new("sentinel.agent.decision", v.action.name()));
+                    span.ok();
+                }
+                v
+            }
             Err(failure) => {
+                if let Some(span) = span {
+                    span.failed("agent", failure.to_string());
+                }
                 if failure_open.unwrap_or(agent.failure_open) {
                     agent.count(DecisionResult::FailedOpen);
                     tracing::debug!(agent = %agent.name, request_id = request_id_text, error = %failure, "agent failed; failing open");
@@ -786,6 +862,18 @@ async fn agents_phase(
         );
     }
     Ok(None)
+}
+
+/// A client span for one agent call (`phase`: `request` or `response`).
+fn agent_span(parent: &RequestSpan, agent: &Agent, phase: &'static str) -> ChildSpan {
+    parent.child(
+        format!("agent {} {phase}", agent.name),
+        SpanKind::Client,
+        vec![
+            KeyValue::new("rpc.system", "grpc"),
+            KeyValue::new("sentinel.agent", agent.name.clone()),
+        ],
+    )
 }
 
 /// The route's overrides of its agents' failure mode (`Some(true)`: open)
@@ -865,6 +953,7 @@ async fn response_agents(
     agents: &mut AgentTrace,
     resp: &mut Response<Body>,
     request_id: &HeaderValue,
+    request_span: Option<&RequestSpan>,
 ) -> Result<(), ProxyError> {
     use sentinel_proto::agent_protocol as ap;
     let policies = &route.policies;
@@ -879,15 +968,22 @@ async fn response_agents(
             headers: verdict::wire_headers(resp.headers()),
             metadata: agents.metadata.clone(),
         };
+        let span = request_span.map(|s| agent_span(s, &agent, "response"));
         match agent
             .on_response(event, timeout_override.unwrap_or(agent.timeout))
             .await
         {
             Ok(v) => {
+                if let Some(span) = span {
+                    span.ok();
+                }
                 v.response_headers.apply(resp.headers_mut());
                 agents.metadata.extend(v.metadata);
             }
             Err(failure) => {
+                if let Some(span) = span {
+                    span.failed("agent", failure.to_string());
+                }
                 if failure_open.unwrap_or(agent.failure_open) {
                     agent.count(DecisionResult::FailedOpen);
                     continue;

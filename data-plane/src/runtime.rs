@@ -128,17 +128,25 @@ impl Runtime {
         };
 
         let settings = snapshot.settings;
-        let tracing_on = settings
+        // The collector is connected lazily (an unreachable one costs
+        // dropped spans, never a refused config); an endpoint the gRPC
+        // client cannot even parse is refused here, so it is NACKed.
+        if let Some(t) = settings
             .observability
             .as_ref()
             .and_then(|o| o.tracing.as_ref())
-            .is_some_and(|t| t.enabled);
-        if tracing_on {
-            return Err(BuildError::new(
-                T::Settings,
-                pb::SETTINGS_NAME,
-                "observability.tracing: OTLP export is not supported by this proxy yet; set `enabled #false`",
-            ));
+            .filter(|t| t.enabled)
+        {
+            tonic::transport::Endpoint::from_shared(t.otlp_endpoint.clone()).map_err(|e| {
+                BuildError::new(
+                    T::Settings,
+                    pb::SETTINGS_NAME,
+                    format!(
+                        "observability.tracing: collector endpoint `{}` is not usable: {e}",
+                        t.otlp_endpoint
+                    ),
+                )
+            })?;
         }
 
         let mut listeners = Vec::new();

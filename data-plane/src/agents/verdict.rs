@@ -109,6 +109,17 @@ pub enum Action {
     },
 }
 
+impl Action {
+    /// `allow`, `deny` or `redirect` (traces and logs).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Action::Allow => "allow",
+            Action::Deny { .. } => "deny",
+            Action::Redirect { .. } => "redirect",
+        }
+    }
+}
+
 /// A checked request decision.
 #[derive(Debug, Clone)]
 pub struct Verdict {

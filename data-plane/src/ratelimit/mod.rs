@@ -110,6 +110,11 @@ impl RateLimiter {
         Ok(limiter)
     }
 
+    /// Whether decisions come from a shared backend (Redis).
+    pub fn is_shared(&self) -> bool {
+        self.redis.is_some()
+    }
+
     /// The decision for `key`: from Redis for a Redis-backed filter (at most
     /// `redis-timeout-ms`, never while its breaker is open), else — or when
     /// Redis fails — from the fallback the filter names.
