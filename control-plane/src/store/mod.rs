@@ -107,10 +107,9 @@ pub enum ApplyOutcome {
     Unchanged { version: i64 },
 }
 
+/// Wall-clock Unix milliseconds, as the store's columns hold them.
 pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+    i64::try_from(sentinel_telemetry::clock::unix_ms()).unwrap_or(i64::MAX)
 }
 
 fn encode_resources(resources: &[pb::Resource]) -> Vec<u8> {
