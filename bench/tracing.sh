@@ -4,6 +4,7 @@
 # Four sentinel proxies side by side in one run, the same backend and
 # config except `observability.tracing`:
 #   off       tracing off
+#   sampled   sampling-rate 0.01 (the seeds' example), the live collector
 #   live      sampling-rate 1.0, a live OTLP/gRPC collector (sentinel-otlp-sink)
 #   refused   sampling-rate 1.0, a collector port nobody listens on
 #   blackhole sampling-rate 1.0, a collector that accepts TCP and never answers
@@ -72,12 +73,13 @@ wait_port "$sink_port"
 wait_port "$blackhole_port"
 
 declare -A port admin
-names=(off live refused blackhole)
+names=(off sampled live refused blackhole)
 for name in "${names[@]}"; do
     port[$name]=$(free_port)
     admin[$name]=$(free_port)
     case $name in
         off) tracing='tracing { enabled #false; }' ;;
+        sampled) tracing="tracing { backend \"otlp\" { endpoint \"http://127.0.0.1:$sink_port\"; }; sampling-rate 0.01; }" ;;
         live) tracing="tracing { backend \"otlp\" { endpoint \"http://127.0.0.1:$sink_port\"; }; sampling-rate 1.0; }" ;;
         refused) tracing="tracing { backend \"otlp\" { endpoint \"http://127.0.0.1:$refused_port\"; }; sampling-rate 1.0; }" ;;
         blackhole) tracing="tracing { backend \"otlp\" { endpoint \"http://127.0.0.1:$blackhole_port\"; }; sampling-rate 1.0; }" ;;
@@ -159,7 +161,7 @@ for name in "${names[@]}"; do
         'BEGIN { printf "%-10s %12s %9.2fx %10.2fms %10.2fms %10.2fms\n", n, r, r / r0, s, a, b }'
 done
 echo "---- spans per proxy (its own counters: sentinel_tracing_spans_*)"
-for name in live refused blackhole; do
+for name in sampled live refused blackhole; do
     m=$(curl -s "http://127.0.0.1:${admin[$name]}/metrics")
     exported=$(awk '/^sentinel_tracing_spans_exported_total/ {s += $NF} END {print s + 0}' <<<"$m")
     full=$(awk '/^sentinel_tracing_spans_dropped_total/ && /queue_full/ {s += $NF} END {print s + 0}' <<<"$m")

@@ -410,22 +410,22 @@ async fn handle(
             .as_ref()
             .filter(|_| limiter.is_shared())
             .map(|s| {
-                s.child(
-                    format!("rate-limit {name}"),
-                    SpanKind::Client,
-                    vec![
-                        KeyValue::new("db.system.name", "redis"),
-                        KeyValue::new("sentinel.filter", name.clone()),
-                    ],
-                )
+                s.child(SpanKind::Client, || {
+                    (
+                        format!("rate-limit {name}"),
+                        vec![
+                            KeyValue::new("db.system.name", "redis"),
+                            KeyValue::new("sentinel.filter", name.clone()),
+                        ],
+                    )
+                })
             });
         let d = limiter.decide(&key).await;
         if d.unavailable {
             if let Some(span) = span {
-                span.failed(
-                    "unavailable",
-                    "the rate-limit backend is unavailable".into(),
-                );
+                span.failed("unavailable", || {
+                    "the rate-limit backend is unavailable".into()
+                });
             }
             metrics::counter!("sentinel_rate_limit_decisions_total", "filter" => name.clone(), "decision" => "unavailable")
                 .increment(1);
@@ -445,7 +445,7 @@ async fn handle(
         metrics::counter!("sentinel_rate_limit_decisions_total", "filter" => name.clone(), "decision" => decision)
             .increment(1);
         if let Some(span) = span {
-            span.set(KeyValue::new("sentinel.rate_limit.decision", decision));
+            span.set(|| KeyValue::new("sentinel.rate_limit.decision", decision));
             span.ok();
         }
         trace.limits = Some(d);
@@ -645,7 +645,7 @@ async fn handle(
         if let Some(span) = attempt_span {
             match (&result, status) {
                 (_, Some(status)) => span.answered(status),
-                (Err(e), None) => span.failed(e.kind(), e.to_string()),
+                (Err(e), None) => span.failed(e.kind(), || e.to_string()),
                 (Ok(_), None) => span.ok(),
             }
         }
@@ -795,14 +795,14 @@ async fn agents_phase(
         let v = match agent.on_request(event, timeout).await {
             Ok(v) => {
                 if let Some(span) = span {
-                    span.set(KeyValue::new("sentinel.agent.decision", v.action.name()));
+                    span.set(|| KeyValue::new("sentinel.agent.decision", v.action.name()));
                     span.ok();
                 }
                 v
             }
             Err(failure) => {
                 if let Some(span) = span {
-                    span.failed("agent", failure.to_string());
+                    span.failed("agent", || failure.to_string());
                 }
                 if failure_open.unwrap_or(agent.failure_open) {
                     agent.count(DecisionResult::FailedOpen);
@@ -866,14 +866,15 @@ async fn agents_phase(
 
 /// A client span for one agent call (`phase`: `request` or `response`).
 fn agent_span(parent: &RequestSpan, agent: &Agent, phase: &'static str) -> ChildSpan {
-    parent.child(
-        format!("agent {} {phase}", agent.name),
-        SpanKind::Client,
-        vec![
-            KeyValue::new("rpc.system", "grpc"),
-            KeyValue::new("sentinel.agent", agent.name.clone()),
-        ],
-    )
+    parent.child(SpanKind::Client, || {
+        (
+            format!("agent {} {phase}", agent.name),
+            vec![
+                KeyValue::new("rpc.system", "grpc"),
+                KeyValue::new("sentinel.agent", agent.name.clone()),
+            ],
+        )
+    })
 }
 
 /// The route's overrides of its agents' failure mode (`Some(true)`: open)
@@ -982,7 +983,7 @@ async fn response_agents(
             }
             Err(failure) => {
                 if let Some(span) = span {
-                    span.failed("agent", failure.to_string());
+                    span.failed("agent", || failure.to_string());
                 }
                 if failure_open.unwrap_or(agent.failure_open) {
                     agent.count(DecisionResult::FailedOpen);

@@ -10,10 +10,10 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
 use sentinel_proto as pb;
-use sentinel_telemetry::trace::TraceContextExt as _;
 use sentinel_telemetry::trace::{
     Context, KeyValue, Pipeline, Propagation, Settings, SpanKind, Status, Tracer,
 };
+use sentinel_telemetry::trace::{Span as _, TraceContextExt as _};
 
 static CURRENT: ArcSwapOption<Pipeline> = ArcSwapOption::const_empty();
 
@@ -78,16 +78,20 @@ pub fn apply(tracing: Option<&pb::Tracing>) {
 /// Started only while tracing is on; the parent comes from the request's
 /// headers (the configured propagation), and the sampler follows a parent's
 /// decision or samples new traces at the configured rate. An unsampled span
-/// records nothing, but its context still travels upstream.
+/// records nothing, but its context still travels upstream; it costs no
+/// name or attribute (nothing is formatted for it).
 pub struct RequestSpan {
     pipeline: Arc<Pipeline>,
     cx: Context,
+    /// Sampled: worth naming and describing.
+    recording: bool,
 }
 
 /// A child of a [`RequestSpan`]; ends when dropped if not ended before.
 pub struct ChildSpan {
     pipeline: Arc<Pipeline>,
     cx: Context,
+    recording: bool,
 }
 
 impl RequestSpan {
@@ -100,27 +104,23 @@ impl RequestSpan {
         let guard = current();
         let pipeline = guard.as_ref()?;
         let parent = pipeline.extract(req.headers());
-        let method = req.method().as_str().to_string();
-        let mut attributes = vec![
-            KeyValue::new("http.request.method", method.clone()),
-            KeyValue::new("url.path", req.uri().path().to_string()),
-            KeyValue::new("url.scheme", if tls { "https" } else { "http" }),
-            KeyValue::new("client.address", client.ip().to_string()),
-            KeyValue::new("client.port", i64::from(client.port())),
-            KeyValue::new("network.protocol.version", protocol_version(req.version())),
-        ];
-        if let Some(query) = req.uri().query() {
-            attributes.push(KeyValue::new("url.query", query.to_string()));
-        }
         let tracer = pipeline.tracer();
+        // The sampler decides from the trace id and the parent alone.
         let span = tracer
-            .span_builder(method)
+            .span_builder("")
             .with_kind(SpanKind::Server)
-            .with_attributes(attributes)
             .start_with_context(tracer, &parent);
+        let recording = span.is_recording();
+        let cx = parent.with_span(span);
+        if recording {
+            let span = cx.span();
+            span.update_name(req.method().as_str().to_string());
+            span.set_attributes(request_attributes(req, client, tls));
+        }
         Some(RequestSpan {
             pipeline: Arc::clone(pipeline),
-            cx: parent.with_span(span),
+            cx,
+            recording,
         })
     }
 
@@ -132,22 +132,36 @@ impl RequestSpan {
     /// Names the span after its route (`GET orders`), as the conventions
     /// name server spans after the route template.
     pub fn routed(&self, method: &http::Method, route: &str) {
+        if !self.recording {
+            return;
+        }
         let span = self.cx.span();
         span.update_name(format!("{method} {route}"));
         span.set_attribute(KeyValue::new("http.route", route.to_string()));
     }
 
-    /// Starts a child span.
-    pub fn child(&self, name: String, kind: SpanKind, attributes: Vec<KeyValue>) -> ChildSpan {
+    /// Starts a child span; `describe` (its name and attributes) runs only
+    /// when the request is sampled.
+    pub fn child(
+        &self,
+        kind: SpanKind,
+        describe: impl FnOnce() -> (String, Vec<KeyValue>),
+    ) -> ChildSpan {
         let tracer = self.pipeline.tracer();
-        let span = tracer
-            .span_builder(name)
-            .with_kind(kind)
-            .with_attributes(attributes)
-            .start_with_context(tracer, &self.cx);
+        let span = if self.recording {
+            let (name, attributes) = describe();
+            tracer
+                .span_builder(name)
+                .with_kind(kind)
+                .with_attributes(attributes)
+                .start_with_context(tracer, &self.cx)
+        } else {
+            tracer.start_with_context("", &self.cx)
+        };
         ChildSpan {
             pipeline: Arc::clone(&self.pipeline),
             cx: self.cx.with_span(span),
+            recording: self.recording,
         }
     }
 
@@ -159,27 +173,9 @@ impl RequestSpan {
         target: &str,
         attempt: u32,
     ) -> ChildSpan {
-        let mut attributes = vec![
-            KeyValue::new("http.request.method", method.as_str().to_string()),
-            KeyValue::new("sentinel.upstream", upstream.to_string()),
-        ];
-        match target.rsplit_once(':') {
-            Some((host, port)) => {
-                let host = host.trim_start_matches('[').trim_end_matches(']');
-                attributes.push(KeyValue::new("server.address", host.to_string()));
-                if let Ok(port) = port.parse::<i64>() {
-                    attributes.push(KeyValue::new("server.port", port));
-                }
-            }
-            None => attributes.push(KeyValue::new("server.address", target.to_string())),
-        }
-        if attempt > 1 {
-            attributes.push(KeyValue::new(
-                "http.request.resend_count",
-                i64::from(attempt - 1),
-            ));
-        }
-        self.child(method.as_str().to_string(), SpanKind::Client, attributes)
+        self.child(SpanKind::Client, || {
+            attempt_description(method, upstream, target, attempt)
+        })
     }
 
     /// Ends the server span with the response the client got. A 5xx (or a
@@ -194,6 +190,10 @@ impl RequestSpan {
         error: Option<String>,
     ) {
         let span = self.cx.span();
+        if !self.recording {
+            span.end();
+            return;
+        }
         span.set_attribute(KeyValue::new(
             "http.response.status_code",
             i64::from(status),
@@ -227,8 +227,11 @@ impl ChildSpan {
         sentinel_telemetry::trace::traceparent(&self.cx)
     }
 
-    pub fn set(&self, attribute: KeyValue) {
-        self.cx.span().set_attribute(attribute);
+    /// Adds an attribute (made only when the span is sampled).
+    pub fn set(&self, attribute: impl FnOnce() -> KeyValue) {
+        if self.recording {
+            self.cx.span().set_attribute(attribute());
+        }
     }
 
     /// Ends the span as a success.
@@ -237,10 +240,14 @@ impl ChildSpan {
     }
 
     /// Ends the span as a failure of `kind` (`error.type`).
-    pub fn failed(self, kind: &str, message: String) {
+    pub fn failed(self, kind: &str, message: impl FnOnce() -> String) {
         let span = self.cx.span();
+        if !self.recording {
+            span.end();
+            return;
+        }
+        span.set_status(Status::error(message()));
         span.set_attribute(KeyValue::new("error.type", kind.to_string()));
-        span.set_status(Status::error(message));
         span.end();
     }
 
@@ -248,6 +255,10 @@ impl ChildSpan {
     /// (4xx and 5xx are errors for a client span).
     pub fn answered(self, status: u16) {
         let span = self.cx.span();
+        if !self.recording {
+            span.end();
+            return;
+        }
         span.set_attribute(KeyValue::new(
             "http.response.status_code",
             i64::from(status),
@@ -268,4 +279,52 @@ fn protocol_version(v: http::Version) -> &'static str {
         http::Version::HTTP_3 => "3",
         _ => "1.1",
     }
+}
+
+fn request_attributes<B>(
+    req: &http::Request<B>,
+    client: std::net::SocketAddr,
+    tls: bool,
+) -> Vec<KeyValue> {
+    let mut attributes = vec![
+        KeyValue::new("http.request.method", req.method().as_str().to_string()),
+        KeyValue::new("url.path", req.uri().path().to_string()),
+        KeyValue::new("url.scheme", if tls { "https" } else { "http" }),
+        KeyValue::new("client.address", client.ip().to_string()),
+        KeyValue::new("client.port", i64::from(client.port())),
+        KeyValue::new("network.protocol.version", protocol_version(req.version())),
+    ];
+    if let Some(query) = req.uri().query() {
+        attributes.push(KeyValue::new("url.query", query.to_string()));
+    }
+    attributes
+}
+
+fn attempt_description(
+    method: &http::Method,
+    upstream: &str,
+    target: &str,
+    attempt: u32,
+) -> (String, Vec<KeyValue>) {
+    let mut attributes = vec![
+        KeyValue::new("http.request.method", method.as_str().to_string()),
+        KeyValue::new("sentinel.upstream", upstream.to_string()),
+    ];
+    match target.rsplit_once(':') {
+        Some((host, port)) => {
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            attributes.push(KeyValue::new("server.address", host.to_string()));
+            if let Ok(port) = port.parse::<i64>() {
+                attributes.push(KeyValue::new("server.port", port));
+            }
+        }
+        None => attributes.push(KeyValue::new("server.address", target.to_string())),
+    }
+    if attempt > 1 {
+        attributes.push(KeyValue::new(
+            "http.request.resend_count",
+            i64::from(attempt - 1),
+        ));
+    }
+    (method.as_str().to_string(), attributes)
 }
