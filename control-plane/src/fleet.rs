@@ -226,7 +226,8 @@ impl Fleet {
         }
         let mut resources = stored.resources;
         resources.sort_by(|a, b| (a.r#type, &a.name).cmp(&(b.r#type, &b.name)));
-        let config = ActiveConfig::new(stored.record.number, resources);
+        let config =
+            ActiveConfig::new(stored.record.number, resources).with_trace(stored.trace_parent);
         tracing::info!(version = config.number, hash = %&config.hash[..12.min(config.hash.len())], "active configuration changed");
         self.base
             .send_replace(Arc::new(Base::new(Arc::new(config), stored.record.hash)));
@@ -451,10 +452,11 @@ impl Fleet {
             Some(b) => b,
             None => {
                 let stored = self.store.version(to).await?;
+                let trace = self.store.rollout_trace(open.id()).await?;
                 let mut resources = stored.resources;
                 resources.sort_by(|a, b| (a.r#type, &a.name).cmp(&(b.r#type, &b.name)));
                 Arc::new(Base::new(
-                    Arc::new(ActiveConfig::new(to, resources)),
+                    Arc::new(ActiveConfig::new(to, resources).with_trace(trace)),
                     stored.record.hash,
                 ))
             }

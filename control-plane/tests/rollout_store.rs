@@ -19,6 +19,7 @@ fn version(port: u16, message: &str) -> NewVersion {
         author: "alice".into(),
         message: message.into(),
         expect_version: None,
+        trace: Default::default(),
     }
 }
 

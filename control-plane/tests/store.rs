@@ -20,6 +20,7 @@ fn version(port: u16, author: &str, message: &str) -> NewVersion {
         author: author.into(),
         message: message.into(),
         expect_version: None,
+        trace: Default::default(),
     }
 }
 
