@@ -127,19 +127,9 @@ impl Runtime {
                 .unwrap_or_default()
         };
 
+        // OTLP export is not part of the runtime: `apply` hands the
+        // tracing settings to `tracer` once the runtime is live.
         let settings = snapshot.settings;
-        let tracing_on = settings
-            .observability
-            .as_ref()
-            .and_then(|o| o.tracing.as_ref())
-            .is_some_and(|t| t.enabled);
-        if tracing_on {
-            return Err(BuildError::new(
-                T::Settings,
-                pb::SETTINGS_NAME,
-                "observability.tracing: OTLP export is not supported by this proxy yet; set `enabled #false`",
-            ));
-        }
 
         let mut listeners = Vec::new();
         for l in &snapshot.listeners {
