@@ -324,3 +324,25 @@ pub fn mark_unhealthy(
     }
     changed.then(|| endpoints_resource(&endpoints.name, &mut e.targets))
 }
+
+#[cfg(test)]
+mod trace_tests {
+    use super::*;
+
+    #[test]
+    fn hostile_proxy_times_are_dropped_and_plausible_ones_kept() {
+        let (pushed, answered) = (1_700_000_000_000, 1_700_000_000_500);
+        assert_eq!(proxy_time(0, pushed, answered), None);
+        assert_eq!(proxy_time(u64::MAX, pushed, answered), None);
+        assert_eq!(proxy_time(i64::MAX as u64, pushed, answered), None);
+        assert_eq!(proxy_time(1, pushed, answered), None, "the distant past");
+        assert_eq!(
+            proxy_time(1_700_000_000_100, pushed, answered),
+            Some(1_700_000_000_100)
+        );
+        // Clock drift within a day is believed.
+        assert!(proxy_time((pushed - 60_000) as u64, pushed, answered).is_some());
+        assert_eq!(proxy_time(0, i64::MIN, i64::MAX), None);
+        assert_eq!(proxy_time(5, i64::MIN, i64::MAX), Some(5));
+    }
+}

@@ -221,7 +221,12 @@ impl Fleet {
             return Ok(false);
         };
         let known = self.base();
-        if known.config.number == stored.record.number && known.stored_hash == stored.record.hash {
+        // A later activation of the same version (a rollback to what this
+        // replica still serves) is a new change: its trace is the one to send.
+        if known.config.number == stored.record.number
+            && known.stored_hash == stored.record.hash
+            && known.config.trace_parent == stored.trace_parent.as_deref().unwrap_or_default()
+        {
             return Ok(false);
         }
         let mut resources = stored.resources;
@@ -319,7 +324,10 @@ impl Fleet {
         let next = self.effective(&self.base());
         self.publish_rollout();
         let current = self.current();
-        if next.number == current.number && next.hash == current.hash {
+        if next.number == current.number
+            && next.hash == current.hash
+            && next.trace_parent == current.trace_parent
+        {
             return false;
         }
         tracing::debug!(version = next.number, hash = %&next.hash[..12.min(next.hash.len())], "effective configuration changed");
