@@ -106,7 +106,9 @@ pub async fn show(client: &Client, format: Format, version: i64) -> Result<(), C
         );
     }
     let after = |pushed: i64, t: Option<i64>| {
-        t.map_or("-".to_string(), |t| format!("+{} ms", t.saturating_sub(pushed)))
+        t.map_or("-".to_string(), |t| {
+            format!("+{} ms", t.saturating_sub(pushed))
+        })
     };
     let rows: Vec<Vec<String>> = t
         .nodes

@@ -124,7 +124,10 @@ pub async fn compile_traced(
     source: &str,
 ) -> Result<(Snapshot, TraceStep), RolloutError> {
     let start = now_ms();
-    let span = tracing::info_span!("config.compile", sentinel.config.hash = tracing::field::Empty);
+    let span = tracing::info_span!(
+        "config.compile",
+        sentinel.config.hash = tracing::field::Empty
+    );
     let snapshot = compile(file_name, source).instrument(span.clone()).await;
     match &snapshot {
         Ok(s) => span.set_attribute("sentinel.config.hash", s.config_hash()),

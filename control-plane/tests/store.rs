@@ -474,7 +474,13 @@ async fn every_replica_sends_the_trace_parent_stored_with_the_activation() {
         // its own fleet, the same trace context on every chunk it sends.
         let replica = Store::connect(&store.url).await.unwrap();
         assert_eq!(
-            replica.active().await.unwrap().unwrap().trace_parent.as_deref(),
+            replica
+                .active()
+                .await
+                .unwrap()
+                .unwrap()
+                .trace_parent
+                .as_deref(),
             Some(TRACE_A)
         );
         // SQLite has one writer: the restarted replica is the only one
@@ -512,7 +518,13 @@ async fn every_replica_sends_the_trace_parent_stored_with_the_activation() {
             .await
             .unwrap();
         assert_eq!(
-            store.active().await.unwrap().unwrap().trace_parent.as_deref(),
+            store
+                .active()
+                .await
+                .unwrap()
+                .unwrap()
+                .trace_parent
+                .as_deref(),
             Some(TRACE_B)
         );
         fleet.refresh().await.unwrap();
@@ -569,10 +581,7 @@ async fn push_timelines_follow_the_session_rule_and_are_bounded() {
         let nacked = &store.pushes_of(2).await.unwrap()[0].push;
         assert_eq!(nacked.outcome, "nack");
         assert_eq!(nacked.swapped_unix_ms, None);
-        assert_eq!(
-            nacked.error.as_deref(),
-            Some("listener \"l\": cannot bind")
-        );
+        assert_eq!(nacked.error.as_deref(), Some("listener \"l\": cannot bind"));
         // The node reconnected: the old session's late answer is not written.
         store
             .write_node_updates(

@@ -239,8 +239,14 @@ impl Client {
             .unwrap_or_default();
         let outcome = off_workers(move || {
             let mut timing = timing;
-            let (answer, next) =
-                respond(&proxy, cache_dir.as_deref(), &url, held, chunks, &mut timing);
+            let (answer, next) = respond(
+                &proxy,
+                cache_dir.as_deref(),
+                &url,
+                held,
+                chunks,
+                &mut timing,
+            );
             (answer, next, timing)
         })
         .await;

@@ -161,9 +161,14 @@ async fn one_apply_is_one_trace_with_every_proxy_and_a_nack_is_an_error_span() {
             .filter(|s| s.trace_id == trace_id)
             .cloned()
             .collect();
-        ["config.receive", "config.build", "config.swap", "config.ack"]
-            .iter()
-            .all(|name| NODES.iter().all(|(n, _)| proxy_span(&t, name, n).is_some()))
+        [
+            "config.receive",
+            "config.build",
+            "config.swap",
+            "config.ack",
+        ]
+        .iter()
+        .all(|name| NODES.iter().all(|(n, _)| proxy_span(&t, name, n).is_some()))
             && named(&t, "config.push").len() >= 3
             && named(&t, "sentinelctl apply").len() == 1
             && named(&t, "config.activate").len() == 1
@@ -203,10 +208,8 @@ async fn one_apply_is_one_trace_with_every_proxy_and_a_nack_is_an_error_span() {
     }
     for (node, region) in NODES {
         assert!(
-            pushes
-                .iter()
-                .any(|p| p.attr("sentinel.node") == Some(node)
-                    && p.attr("sentinel.region") == Some(region)),
+            pushes.iter().any(|p| p.attr("sentinel.node") == Some(node)
+                && p.attr("sentinel.region") == Some(region)),
             "a config.push span for {node}: {pushes:#?}"
         );
         for name in [
@@ -218,7 +221,10 @@ async fn one_apply_is_one_trace_with_every_proxy_and_a_nack_is_an_error_span() {
             let s = proxy_span(&spans, name, node).unwrap();
             assert_eq!(s.service(), "sentinel", "{s:?}");
             assert_eq!(s.attr("sentinel.region"), Some(region), "{s:?}");
-            assert_eq!(s.attr("sentinel.zone"), Some(format!("{region}-a").as_str()));
+            assert_eq!(
+                s.attr("sentinel.zone"),
+                Some(format!("{region}-a").as_str())
+            );
             assert_eq!(s.attr("sentinel.config.version"), Some("1"), "{s:?}");
             assert_eq!(
                 s.parent_span_id, activate.span_id,
@@ -233,7 +239,10 @@ async fn one_apply_is_one_trace_with_every_proxy_and_a_nack_is_an_error_span() {
         .filter(|s| s.name.starts_with("config.") && s.attr("sentinel.config.version") == Some("1"))
         .filter(|s| s.trace_id != trace_id)
         .collect();
-    assert!(stray.is_empty(), "spans of version 1 outside its trace: {stray:#?}");
+    assert!(
+        stray.is_empty(),
+        "spans of version 1 outside its trace: {stray:#?}"
+    );
 
     // Version 2 adds a listener us-1 cannot bind: its NACK is an error span
     // with the reason, and so is the CP's push to it.
@@ -272,8 +281,7 @@ async fn one_apply_is_one_trace_with_every_proxy_and_a_nack_is_an_error_span() {
     assert!(nack.status_message.contains("extra"), "{nack:?}");
     assert_eq!(nack.attr("sentinel.region"), Some("us"));
     assert!(
-        proxy_span(&spans, "config.swap", "us-1")
-            .is_none_or(|s| s.trace_id != trace2),
+        proxy_span(&spans, "config.swap", "us-1").is_none_or(|s| s.trace_id != trace2),
         "nothing was swapped on us-1"
     );
     let push = spans
@@ -363,7 +371,9 @@ async fn sentinelctl_trace_shows_every_node_without_any_collector() {
     assert!(table.contains(&trace_id), "{table}");
     for (node, _) in NODES {
         assert!(
-            table.lines().any(|l| l.starts_with(node) && l.contains("ACK")),
+            table
+                .lines()
+                .any(|l| l.starts_with(node) && l.contains("ACK")),
             "{table}"
         );
     }
@@ -390,7 +400,10 @@ async fn sentinelctl_trace_shows_every_node_without_any_collector() {
         .find(|r| r["node"] == "us-1")
         .unwrap();
     assert_eq!(row["outcome"], "nack", "{row}");
-    assert!(row["error"].as_str().unwrap().contains("cannot bind"), "{row}");
+    assert!(
+        row["error"].as_str().unwrap().contains("cannot bind"),
+        "{row}"
+    );
     assert!(row["swapped_unix_ms"].is_null(), "{row}");
     assert!(row["received_unix_ms"].is_i64(), "{row}");
     // An unknown version is a clear 404, not an empty timeline.

@@ -28,9 +28,8 @@ use crate::rollout::{self, ApplyRequest};
 use crate::store::ApplyOutcome;
 pub use sentinel_api::{
     ActivationList, ApplyBody, ApplyCreated, ApplyNothingStored, ApplyUnchanged, AuditList,
-    ConfigTrace, Diff, TraceNode, TraceStep,
-    DryRun, EXAMPLE_KDL, EXAMPLE_KDL_TWO, ResourceName, ResourceRef, RollbackBody, RollbackResult,
-    VersionDetail, VersionList,
+    ConfigTrace, Diff, DryRun, EXAMPLE_KDL, EXAMPLE_KDL_TWO, ResourceName, ResourceRef,
+    RollbackBody, RollbackResult, TraceNode, TraceStep, VersionDetail, VersionList,
 };
 
 /// Longest `message` kept (characters); longer ones are cut.

@@ -30,7 +30,8 @@ pub mod writer;
 pub use endpoints::{EndpointHistory, HISTORY_PER_UPSTREAM};
 
 pub use nodes::{
-    ACKS_KEPT, Nack, NodeChange, NodeEvent, NodeRecord, PUSHES_KEPT, PushRow, REPLICA_TIMEOUT, sanitise,
+    ACKS_KEPT, Nack, NodeChange, NodeEvent, NodeRecord, PUSHES_KEPT, PushRow, REPLICA_TIMEOUT,
+    sanitise,
 };
 
 mod tokens;

@@ -67,7 +67,9 @@ pub(super) fn answered(
     let time = |t: u64| proxy_time(t, at, now);
     if let Some(reason) = answer.refused {
         pushed.span.set_status(Status::error(reason.to_string()));
-        pushed.span.set_attribute("sentinel.nack.error", reason.to_string());
+        pushed
+            .span
+            .set_attribute("sentinel.nack.error", reason.to_string());
     }
     drop(pushed.span);
     fleet.record(NodeUpdate::Pushed {
