@@ -754,6 +754,45 @@ mod tests {
         assert_eq!(c.events.len(), MAX_QUEUED_EVENTS);
     }
 
+    fn pushed(epoch: i64, version: i64) -> NodeChange {
+        NodeChange::from_update(
+            NodeUpdate::Pushed {
+                id: "n".into(),
+                epoch: Epoch(epoch),
+                push: Push {
+                    region: "eu\0".into(),
+                    version,
+                    hash: String::new(),
+                    pushed_at_unix_ms: 1,
+                    received_unix_ms: None,
+                    built_unix_ms: None,
+                    swapped_unix_ms: None,
+                    answered_at_unix_ms: 2,
+                    outcome: "nack",
+                    error: Some("bad\u{1b}".into()),
+                },
+            },
+            0,
+        )
+    }
+
+    #[test]
+    fn queued_pushes_keep_their_own_session_and_are_capped() {
+        let mut c = pushed(1, 1);
+        assert!(!c.is_empty());
+        assert_eq!(c.pushes[0].1.region, "eu");
+        assert_eq!(c.pushes[0].1.error.as_deref(), Some("bad"));
+        c.absorb(ack(2, 5));
+        c.absorb(pushed(2, 5));
+        let epochs: Vec<i64> = c.pushes.iter().map(|(e, _)| e.0).collect();
+        assert_eq!(epochs, [1, 2], "each is written with its own epoch check");
+        for v in 0..MAX_QUEUED_EVENTS as i64 {
+            c.absorb(pushed(2, 10 + v));
+        }
+        assert_eq!(c.pushes.len(), MAX_QUEUED_EVENTS);
+        assert_eq!(c.pushes[0].1.version, 10, "the two oldest dropped first");
+    }
+
     #[test]
     fn text_from_proxies_is_made_storable() {
         assert_eq!(sanitise("a\0b\u{7}c\nd", 10), "abcd");
