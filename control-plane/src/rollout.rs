@@ -144,8 +144,12 @@ pub async fn compile_traced(
 /// The span of an activation (apply, rollback, or a staged apply's
 /// rollout): a child of the caller's span, and the parent of every proxy's
 /// spans for the change, through the traceparent stored with it.
-fn activation_span(hash: &str) -> tracing::Span {
-    tracing::info_span!("config.activate", sentinel.config.hash = %hash, sentinel.config.version = tracing::field::Empty)
+fn activation_span() -> tracing::Span {
+    tracing::info_span!(
+        "config.activate",
+        sentinel.config.hash = tracing::field::Empty,
+        sentinel.config.version = tracing::field::Empty
+    )
 }
 
 /// What the store keeps of `span` and the steps so far.
@@ -160,7 +164,8 @@ pub async fn apply(fleet: &Arc<Fleet>, req: ApplyRequest) -> Result<ApplyOutcome
     let (snapshot, compiled) = compile_traced(&req.file_name, &req.source).await?;
     let resources = snapshot.resources();
     let hash = snapshot.config_hash();
-    let activate = activation_span(&hash);
+    let activate = activation_span();
+    activate.set_attribute("sentinel.config.hash", hash.clone());
     let trace = change_trace(&activate, vec![compiled]);
     let store = tracing::info_span!(parent: &activate, "config.store");
     let outcome = fleet
@@ -231,7 +236,7 @@ pub async fn rollback_if_match(
     actor: &str,
     message: &str,
 ) -> Result<(i64, i64), RolloutError> {
-    let activate = activation_span("");
+    let activate = activation_span();
     let trace = change_trace(&activate, Vec::new());
     let store = tracing::info_span!(parent: &activate, "config.store");
     let result = fleet

@@ -14,6 +14,12 @@
 //!   names everything the proxy holds (as `Hello.held` does) and its config
 //!   version, and the control plane sends the difference from that.
 //!
+//! Every answer carries this proxy's own timing of the response (first
+//! chunk received, build ended, swapped: [`Timing`]), and with tracing on
+//! the response's `trace_parent` parents this proxy's spans of the config
+//! change (`config.receive`, `config.build`, `config.swap`, `config.ack`
+//! or the error span `config.nack`; see `record_spans`).
+//!
 //! Every applied configuration is written to the last-good cache. Building
 //! and the cache write (fsync) run on the blocking pool, never on a worker. On a lost stream it reconnects with jittered
 //! exponential backoff, moving to the next URL each time; traffic is never
