@@ -374,6 +374,9 @@ impl StreamService {
         if let End::Refused(status) = end {
             let _ = out.send(Err(status)).await;
         }
+        if let Some(f) = in_flight.take() {
+            timeline::unanswered(f.pushed);
+        }
         self.ended(&node, epoch);
     }
 

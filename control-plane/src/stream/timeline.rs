@@ -53,6 +53,14 @@ pub(super) struct Answer<'a> {
     pub refused: Option<&'a str>,
 }
 
+/// The stream ended before the answer: the push's span ends as an error
+/// (no timeline row: the proxy said nothing about it).
+pub(super) fn unanswered(pushed: Pushed) {
+    pushed.span.set_status(Status::error(
+        "the stream ended before the proxy answered".to_string(),
+    ));
+}
+
 /// Ends the push's span and records the node's timeline row.
 pub(super) fn answered(
     fleet: &Fleet,
