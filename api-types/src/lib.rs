@@ -304,6 +304,11 @@ pub struct ApplyCreated {
     /// apply asked for stages; the version becomes active when it completes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<i64>,
+    /// The trace of this config change (32 hex digits): the caller's, from
+    /// its `traceparent` header, or a new one. Absent when the control
+    /// plane records no spans.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
 }
 
 /// The source is identical to the active version: nothing was stored.
@@ -416,6 +421,9 @@ pub struct RollbackResult {
     pub to: i64,
     /// Content hash of the now active configuration.
     pub hash: String,
+    /// The trace of this config change, as in `ApplyCreated`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
 }
 
 /// Deployment history.
@@ -465,6 +473,61 @@ pub struct ConvergenceNode {
     pub acked_at_unix_ms: Option<i64>,
     /// The version the node holds now.
     pub acked_version: Option<i64>,
+}
+
+/// One step the control plane took for a config change, from its own
+/// records (Unix milliseconds).
+#[derive(Debug, Clone, Serialize, PartialEq, ToSchema, Deserialize)]
+pub struct TraceStep {
+    /// `config.apply`, `config.compile`, `config.store`, `config.activate`,
+    /// `config.rollback` (the span names of the trace).
+    pub name: String,
+    pub start_unix_ms: i64,
+    pub end_unix_ms: i64,
+}
+
+/// One node's timeline of one push of the version: the control plane's
+/// times (pushed, answered) and the proxy's own clock (received, built,
+/// swapped; absent when it did not say).
+#[derive(Debug, Clone, Serialize, PartialEq, ToSchema, Deserialize)]
+pub struct TraceNode {
+    pub node: String,
+    pub region: String,
+    pub pushed_at_unix_ms: i64,
+    pub received_unix_ms: Option<i64>,
+    pub built_unix_ms: Option<i64>,
+    pub swapped_unix_ms: Option<i64>,
+    /// When the ACK or NACK reached the control plane.
+    pub answered_at_unix_ms: i64,
+    /// `ack` or `nack`.
+    pub outcome: String,
+    /// A NACK's resource and reason.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub error: Option<String>,
+    /// Answered minus pushed (control-plane clock), in milliseconds.
+    pub total_ms: i64,
+}
+
+/// A config change as one trace (`GET /v1/configs/{number}/trace`): the
+/// trace id every span of it carries, the control plane's steps, and each
+/// node's timeline from the control plane's own records (no collector
+/// needed).
+#[derive(Debug, Clone, Serialize, PartialEq, ToSchema, Deserialize)]
+pub struct ConfigTrace {
+    pub version: i64,
+    /// 32 hex digits; absent when the change was made without a trace.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub trace_id: Option<String>,
+    /// The W3C traceparent proxies receive with this version.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub trace_parent: Option<String>,
+    /// `apply`, `rollback` or `rollout`: what delivered the version most
+    /// recently.
+    pub kind: String,
+    pub steps: Vec<TraceStep>,
+    /// Oldest push first; a node pushed the version twice (a reconnect, a
+    /// NACK and a retry) has two rows.
+    pub nodes: Vec<TraceNode>,
 }
 
 /// The audit trail.

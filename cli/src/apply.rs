@@ -12,6 +12,7 @@ use sentinel_api::{ApplyBody, ApplyCreated, ApplyNothingStored};
 
 use crate::client::{CliError, Client, body, message, typed};
 use crate::render::{self, Format, green};
+use crate::trace::Started;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -31,9 +32,28 @@ pub struct Args {
     wait: Option<Duration>,
     #[command(flatten)]
     plan: crate::rollout::PlanArgs,
+    /// Also export this command's root span to an OTLP/gRPC collector
+    /// (`http://host:4317`); without it the trace context still travels.
+    #[arg(long, env = "SENTINEL_OTLP_ENDPOINT", value_name = "URL")]
+    otlp_endpoint: Option<String>,
 }
 
 pub async fn run(client: &Client, format: Format, args: &Args) -> Result<(), CliError> {
+    if args.dry_run {
+        return apply(client, format, args, None).await;
+    }
+    let trace = Started::start("sentinelctl apply", args.otlp_endpoint.as_deref())?;
+    let result = apply(client, format, args, Some(&trace)).await;
+    trace.finish(&result).await;
+    result
+}
+
+async fn apply(
+    client: &Client,
+    format: Format,
+    args: &Args,
+    trace: Option<&Started>,
+) -> Result<(), CliError> {
     let rollout_plan = args.plan.plan()?;
     let file_name = args.file.display().to_string();
     let source = std::fs::read_to_string(&args.file)
@@ -86,6 +106,7 @@ pub async fn run(client: &Client, format: Format, args: &Args) -> Result<(), Cli
         .expect_version
         .map(|n| ("If-Match", n.to_string()))
         .into_iter()
+        .chain(trace.map(Started::header))
         .collect();
     let (status, result) = client
         .request(Method::POST, "/v1/configs", Some(&apply), &headers)
@@ -126,6 +147,12 @@ pub async fn run(client: &Client, format: Format, args: &Args) -> Result<(), Cli
             None => println!("{}", green(&format!("applied as v{version}"))),
         },
         (Format::Table, Some(message)) => println!("{message}"),
+    }
+    if let Some(t) = trace {
+        t.version(version);
+        if args.wait.is_some() && format == Format::Table {
+            println!("trace {}", t.trace_id);
+        }
     }
     if let Some(timeout) = args.wait {
         match rollout {

@@ -13,6 +13,7 @@ mod render;
 mod rollback;
 mod rollout;
 mod token;
+mod trace;
 mod validate;
 mod wait;
 
@@ -34,6 +35,7 @@ Examples:
   sentinelctl rollout abort
   sentinelctl status
   sentinelctl rollback --wait=2m
+  sentinelctl trace 42
   sentinelctl diff 41 42
   sentinelctl get 41 > v41.kdl
   sentinelctl nodes -o json
@@ -80,6 +82,9 @@ enum Command {
     History,
     /// Print the KDL source of version N (default: the active one).
     Get { version: Option<i64> },
+    /// The per-node timeline of the change that delivered version N: pushed,
+    /// received, built, swapped, ACKed or NACKed (no collector needed).
+    Trace { version: i64 },
     /// Difference between two versions (default: the active one and the one before).
     Diff { from: Option<i64>, to: Option<i64> },
     /// Validate configuration files offline (no control plane needed).
@@ -140,6 +145,7 @@ fn main() -> ExitCode {
             Command::History => fleet::history(&client, format).await,
             Command::Get { version } => fleet::get(&client, format, version).await,
             Command::Diff { from, to } => fleet::diff(&client, format, from, to).await,
+            Command::Trace { version } => trace::show(&client, format, version).await,
             Command::Health => fleet::health(&client, format).await,
             Command::Endpoints { upstream } => {
                 endpoints::run(&client, format, upstream.as_deref()).await

@@ -46,6 +46,7 @@ async fn endpoints_shows_targets_source_health_generation_and_nodes() {
             author: "test".into(),
             message: "discovered".into(),
             expect_version: None,
+            trace: Default::default(),
         })
         .await
         .unwrap();

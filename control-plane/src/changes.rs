@@ -29,6 +29,10 @@ pub struct ActiveConfig {
     pub index: Arc<HashMap<(i32, String), usize>>,
     /// When this replica learnt about it (convergence is measured from here).
     pub activated: Instant,
+    /// The W3C traceparent of the activation (or rollout) that made it the
+    /// configuration to run, as stored: every replica sends the same in
+    /// `DeltaResponse.trace_parent`. Empty when unknown.
+    pub trace_parent: String,
 }
 
 impl ActiveConfig {
@@ -39,6 +43,7 @@ impl ActiveConfig {
             resources: Vec::new(),
             index: Arc::default(),
             activated: Instant::now(),
+            trace_parent: String::new(),
         }
     }
 
@@ -59,7 +64,14 @@ impl ActiveConfig {
             resources,
             index: Arc::new(index),
             activated: Instant::now(),
+            trace_parent: String::new(),
         }
+    }
+
+    /// The same configuration, delivered as part of the trace `trace_parent`.
+    pub fn with_trace(mut self, trace_parent: Option<String>) -> Self {
+        self.trace_parent = trace_parent.unwrap_or_default();
+        self
     }
 
     /// `base` with some resources replaced (by position; the names stay):
@@ -83,6 +95,9 @@ impl ActiveConfig {
             resources,
             index: Arc::clone(&base.index),
             activated: Instant::now(),
+            // Discovered endpoints and health marks change what is sent,
+            // not which config change it belongs to.
+            trace_parent: base.trace_parent.clone(),
         }
     }
 
@@ -156,6 +171,46 @@ pub enum NodeUpdate {
         resource: String,
         error: String,
     },
+    /// The timeline of one answered response (the node's `config.push`):
+    /// recorded beside the `Ack`/`Nack` it ends with.
+    Pushed {
+        id: String,
+        epoch: Epoch,
+        push: Push,
+    },
+}
+
+/// One response pushed to a node and answered: the control plane's times
+/// and the proxy's own (from its ACK/NACK; `None` where it said 0 or
+/// something implausible). Unix milliseconds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Push {
+    pub region: String,
+    pub version: i64,
+    pub hash: String,
+    pub pushed_at_unix_ms: i64,
+    pub received_unix_ms: Option<i64>,
+    pub built_unix_ms: Option<i64>,
+    pub swapped_unix_ms: Option<i64>,
+    pub answered_at_unix_ms: i64,
+    /// `ack` or `nack`.
+    pub outcome: &'static str,
+    /// The NACK's resource and reason.
+    pub error: Option<String>,
+}
+
+/// How far a proxy's reported time may be from the control plane's view of
+/// the push and still be believed (clocks drift; a day is not drift).
+pub const PROXY_CLOCK_SLACK_MS: i64 = 24 * 3600 * 1000;
+
+/// A time a proxy reported (Unix ms; 0 = unknown), kept only when it is
+/// plausible: within [`PROXY_CLOCK_SLACK_MS`] of `[pushed, answered]`.
+/// Hostile values (0, `u64::MAX`, the distant past) become `None`.
+pub fn proxy_time(reported: u64, pushed_ms: i64, answered_ms: i64) -> Option<i64> {
+    let t = i64::try_from(reported).ok().filter(|t| *t > 0)?;
+    let lo = pushed_ms.saturating_sub(PROXY_CLOCK_SLACK_MS);
+    let hi = answered_ms.saturating_add(PROXY_CLOCK_SLACK_MS);
+    (lo..=hi).contains(&t).then_some(t)
 }
 
 /// What one response changes relative to what the proxy holds.
@@ -268,4 +323,26 @@ pub fn mark_unhealthy(
         }
     }
     changed.then(|| endpoints_resource(&endpoints.name, &mut e.targets))
+}
+
+#[cfg(test)]
+mod trace_tests {
+    use super::*;
+
+    #[test]
+    fn hostile_proxy_times_are_dropped_and_plausible_ones_kept() {
+        let (pushed, answered) = (1_700_000_000_000, 1_700_000_000_500);
+        assert_eq!(proxy_time(0, pushed, answered), None);
+        assert_eq!(proxy_time(u64::MAX, pushed, answered), None);
+        assert_eq!(proxy_time(i64::MAX as u64, pushed, answered), None);
+        assert_eq!(proxy_time(1, pushed, answered), None, "the distant past");
+        assert_eq!(
+            proxy_time(1_700_000_000_100, pushed, answered),
+            Some(1_700_000_000_100)
+        );
+        // Clock drift within a day is believed.
+        assert!(proxy_time((pushed - 60_000) as u64, pushed, answered).is_some());
+        assert_eq!(proxy_time(0, i64::MIN, i64::MAX), None);
+        assert_eq!(proxy_time(5, i64::MIN, i64::MAX), Some(5));
+    }
 }

@@ -221,12 +221,18 @@ impl Fleet {
             return Ok(false);
         };
         let known = self.base();
-        if known.config.number == stored.record.number && known.stored_hash == stored.record.hash {
+        // A later activation of the same version (a rollback to what this
+        // replica still serves) is a new change: its trace is the one to send.
+        if known.config.number == stored.record.number
+            && known.stored_hash == stored.record.hash
+            && known.config.trace_parent == stored.trace_parent.as_deref().unwrap_or_default()
+        {
             return Ok(false);
         }
         let mut resources = stored.resources;
         resources.sort_by(|a, b| (a.r#type, &a.name).cmp(&(b.r#type, &b.name)));
-        let config = ActiveConfig::new(stored.record.number, resources);
+        let config =
+            ActiveConfig::new(stored.record.number, resources).with_trace(stored.trace_parent);
         tracing::info!(version = config.number, hash = %&config.hash[..12.min(config.hash.len())], "active configuration changed");
         self.base
             .send_replace(Arc::new(Base::new(Arc::new(config), stored.record.hash)));
@@ -318,7 +324,10 @@ impl Fleet {
         let next = self.effective(&self.base());
         self.publish_rollout();
         let current = self.current();
-        if next.number == current.number && next.hash == current.hash {
+        if next.number == current.number
+            && next.hash == current.hash
+            && next.trace_parent == current.trace_parent
+        {
             return false;
         }
         tracing::debug!(version = next.number, hash = %&next.hash[..12.min(next.hash.len())], "effective configuration changed");
@@ -451,10 +460,11 @@ impl Fleet {
             Some(b) => b,
             None => {
                 let stored = self.store.version(to).await?;
+                let trace = self.store.rollout_trace(open.id()).await?;
                 let mut resources = stored.resources;
                 resources.sort_by(|a, b| (a.r#type, &a.name).cmp(&(b.r#type, &b.name)));
                 Arc::new(Base::new(
-                    Arc::new(ActiveConfig::new(to, resources)),
+                    Arc::new(ActiveConfig::new(to, resources).with_trace(trace)),
                     stored.record.hash,
                 ))
             }

@@ -19,9 +19,11 @@ use std::time::Duration;
 
 use sentinel_config::{Diagnostics, Snapshot};
 use tokio::sync::Semaphore;
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::fleet::Fleet;
-use crate::store::{ApplyOutcome, NewVersion, StoreError};
+use crate::store::{ApplyOutcome, ChangeTrace, NewVersion, StoreError, TraceStep, now_ms};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RolloutError {
@@ -115,10 +117,57 @@ pub struct ApplyRequest {
     pub expect_version: Option<i64>,
 }
 
+/// [`compile`] in a `config.compile` span (a child of the caller's), and
+/// its times as a step of the change's trace.
+pub async fn compile_traced(
+    file_name: &str,
+    source: &str,
+) -> Result<(Snapshot, TraceStep), RolloutError> {
+    let start = now_ms();
+    let span = tracing::info_span!(
+        "config.compile",
+        sentinel.config.hash = tracing::field::Empty
+    );
+    let snapshot = compile(file_name, source).instrument(span.clone()).await;
+    match &snapshot {
+        Ok(s) => span.set_attribute("sentinel.config.hash", s.config_hash()),
+        Err(e) => span.set_status(sentinel_telemetry::trace::Status::error(e.to_string())),
+    }
+    let step = TraceStep {
+        name: "config.compile".into(),
+        start_unix_ms: start,
+        end_unix_ms: now_ms(),
+    };
+    Ok((snapshot?, step))
+}
+
+/// The span of an activation (apply, rollback, or a staged apply's
+/// rollout): a child of the caller's span, and the parent of every proxy's
+/// spans for the change, through the traceparent stored with it.
+fn activation_span() -> tracing::Span {
+    tracing::info_span!(
+        "config.activate",
+        sentinel.config.hash = tracing::field::Empty,
+        sentinel.config.version = tracing::field::Empty
+    )
+}
+
+/// What the store keeps of `span` and the steps so far.
+pub fn change_trace(span: &tracing::Span, steps: Vec<TraceStep>) -> ChangeTrace {
+    ChangeTrace {
+        parent: crate::telemetry::traceparent_of(span),
+        steps,
+    }
+}
+
 pub async fn apply(fleet: &Arc<Fleet>, req: ApplyRequest) -> Result<ApplyOutcome, RolloutError> {
-    let snapshot = compile(&req.file_name, &req.source).await?;
+    let (snapshot, compiled) = compile_traced(&req.file_name, &req.source).await?;
     let resources = snapshot.resources();
     let hash = snapshot.config_hash();
+    let activate = activation_span();
+    activate.set_attribute("sentinel.config.hash", hash.clone());
+    let trace = change_trace(&activate, vec![compiled]);
+    let store = tracing::info_span!(parent: &activate, "config.store");
     let outcome = fleet
         .store
         .apply(NewVersion {
@@ -130,8 +179,15 @@ pub async fn apply(fleet: &Arc<Fleet>, req: ApplyRequest) -> Result<ApplyOutcome
             author: req.author,
             message: req.message,
             expect_version: req.expect_version,
+            trace,
         })
+        .instrument(store)
         .await;
+    if let Ok(ApplyOutcome::Created { version, .. } | ApplyOutcome::Unchanged { version }) =
+        &outcome
+    {
+        activate.set_attribute("sentinel.config.version", *version);
+    }
     let result = match &outcome {
         Ok(ApplyOutcome::Created { .. }) => "created",
         Ok(ApplyOutcome::Unchanged { .. }) => "unchanged",
@@ -141,7 +197,7 @@ pub async fn apply(fleet: &Arc<Fleet>, req: ApplyRequest) -> Result<ApplyOutcome
     metrics::counter!("sentinel_cp_applies_total", "result" => result).increment(1);
     let outcome = outcome?;
     if let ApplyOutcome::Created { .. } = outcome {
-        refresh(fleet).await;
+        refresh(fleet).instrument(activate).await;
     }
     Ok(outcome)
 }
@@ -180,14 +236,24 @@ pub async fn rollback_if_match(
     actor: &str,
     message: &str,
 ) -> Result<(i64, i64), RolloutError> {
+    let activate = activation_span();
+    let trace = change_trace(&activate, Vec::new());
+    let store = tracing::info_span!(parent: &activate, "config.store");
     let result = fleet
         .store
-        .rollback_expecting(to, expect, actor, message)
+        .rollback_traced(to, expect, actor, message, &trace)
+        .instrument(store)
         .await;
+    if let Ok((_, to)) = &result {
+        activate.set_attribute("sentinel.config.version", *to);
+        if let Some(hash) = fleet.store.version(*to).await.ok().map(|v| v.record.hash) {
+            activate.set_attribute("sentinel.config.hash", hash);
+        }
+    }
     metrics::counter!("sentinel_cp_rollbacks_total", "result" => if result.is_ok() { "ok" } else { "error" })
         .increment(1);
     let pair = result?;
-    refresh(fleet).await;
+    refresh(fleet).instrument(activate).await;
     Ok(pair)
 }
 

@@ -117,3 +117,37 @@ pub fn init(tracing: &Tracing) -> Result<Arc<Pipeline>, String> {
 pub fn init_logging() {
     logging::init(LogSettings::default(), None);
 }
+
+/// Parents `span` on the W3C `traceparent` header of a request (a config
+/// change `sentinelctl` started). A missing or malformed header leaves the
+/// span the root of a new trace; it is never an error.
+pub fn parent_on_request(span: &tracing::Span, headers: &axum::http::HeaderMap) {
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let Some(value) = headers.get("traceparent") else {
+        return;
+    };
+    let parent = value
+        .to_str()
+        .map(sentinel_telemetry::trace::from_traceparent)
+        .ok()
+        .filter(|cx| sentinel_telemetry::trace::trace_id(cx).is_some());
+    match parent {
+        Some(cx) => {
+            let _ = span.set_parent(cx);
+        }
+        None => tracing::debug!("ignoring a malformed traceparent header; starting a new trace"),
+    }
+}
+
+/// `span` as a W3C traceparent (`None` when spans are not recorded, e.g.
+/// no trace pipeline is installed or the span is disabled).
+pub fn traceparent_of(span: &tracing::Span) -> Option<String> {
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    sentinel_telemetry::trace::traceparent(&span.context())
+}
+
+/// The trace id of `span` (32 hex digits), when it is recorded.
+pub fn trace_id_of(span: &tracing::Span) -> Option<String> {
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    sentinel_telemetry::trace::trace_id(&span.context())
+}

@@ -37,6 +37,7 @@ fn discovered_version(routes: usize, message: &str) -> NewVersion {
         author: "test".into(),
         message: message.into(),
         expect_version: None,
+        trace: Default::default(),
     }
 }
 

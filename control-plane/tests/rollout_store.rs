@@ -19,8 +19,11 @@ fn version(port: u16, message: &str) -> NewVersion {
         author: "alice".into(),
         message: message.into(),
         expect_version: None,
+        trace: Default::default(),
     }
 }
+
+const TRACE: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
 fn plan(admit: &[&str]) -> NewRollout {
     NewRollout {
@@ -50,10 +53,9 @@ async fn both(test: impl AsyncFn(Store)) {
 async fn a_staged_apply_stores_without_activating_and_completion_activates() {
     both(async |store: Store| {
         store.apply(version(1, "first")).await.unwrap();
-        let (outcome, id) = store
-            .apply_staged(version(2, "staged"), plan(&["eu-1"]))
-            .await
-            .unwrap();
+        let mut staged = version(2, "staged");
+        staged.trace.parent = Some(TRACE.into());
+        let (outcome, id) = store.apply_staged(staged, plan(&["eu-1"])).await.unwrap();
         assert_eq!(
             outcome,
             ApplyOutcome::Created {
@@ -63,6 +65,17 @@ async fn a_staged_apply_stores_without_activating_and_completion_activates() {
         );
         let id = id.unwrap();
         assert_eq!(store.active().await.unwrap().unwrap().record.number, 1);
+        // The stages deliver version 2 in the trace of the apply that
+        // started the rollout.
+        assert_eq!(
+            store.rollout_trace(id).await.unwrap().as_deref(),
+            Some(TRACE)
+        );
+        let t = store.version_trace(2).await.unwrap().unwrap();
+        assert_eq!(
+            (t.kind.as_str(), t.trace.parent.as_deref()),
+            ("rollout", Some(TRACE))
+        );
         let open = store.open_rollout().await.unwrap().unwrap();
         assert_eq!((open.id(), open.summary.state.as_str()), (id, "running"));
         assert_eq!(open.summary.stages, 2);
@@ -127,7 +140,13 @@ async fn a_staged_apply_stores_without_activating_and_completion_activates() {
                 .unwrap()
         );
         assert!(store.open_rollout().await.unwrap().is_none());
-        assert_eq!(store.active().await.unwrap().unwrap().record.number, 2);
+        let active = store.active().await.unwrap().unwrap();
+        assert_eq!(active.record.number, 2);
+        assert_eq!(
+            active.trace_parent.as_deref(),
+            Some(TRACE),
+            "the activation that completes the rollout keeps its trace"
+        );
         let r = store.rollout(id).await.unwrap();
         assert_eq!(r.summary.state, "completed");
         let kinds: Vec<String> = store

@@ -20,6 +20,7 @@ fn version(port: u16, author: &str, message: &str) -> NewVersion {
         author: author.into(),
         message: message.into(),
         expect_version: None,
+        trace: Default::default(),
     }
 }
 
@@ -448,6 +449,164 @@ async fn version_moves_are_recorded_once_and_bounded() {
         }
         assert!(store.first_acks(1, 0).await.unwrap().is_empty());
         assert_eq!(store.first_acks(10, 0).await.unwrap().len(), 1);
+    })
+    .await;
+}
+
+const TRACE_A: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+const TRACE_B: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_replica_sends_the_trace_parent_stored_with_the_activation() {
+    use sentinel_cp::store::{ChangeTrace, TraceStep};
+    both(async |store: Store| {
+        let mut v1 = version(1, "alice", "traced");
+        v1.trace = ChangeTrace {
+            parent: Some(TRACE_A.into()),
+            steps: vec![TraceStep {
+                name: "config.compile".into(),
+                start_unix_ms: 1,
+                end_unix_ms: 2,
+            }],
+        };
+        store.apply(v1).await.unwrap();
+        // A second replica (or this one restarted): its own connection,
+        // its own fleet, the same trace context on every chunk it sends.
+        let replica = Store::connect(&store.url).await.unwrap();
+        assert_eq!(
+            replica
+                .active()
+                .await
+                .unwrap()
+                .unwrap()
+                .trace_parent
+                .as_deref(),
+            Some(TRACE_A)
+        );
+        // SQLite has one writer: the restarted replica is the only one
+        // (its node writer's heartbeats would lock out this store).
+        let replica = match replica.dialect {
+            sentinel_cp::store::Dialect::Sqlite => {
+                drop(replica);
+                store.clone()
+            }
+            sentinel_cp::store::Dialect::Postgres => replica,
+        };
+        let fleet = sentinel_cp::fleet::Fleet::new(replica, "r2".into(), "eu".into());
+        fleet.refresh().await.unwrap();
+        let active = fleet.current();
+        assert_eq!(active.trace_parent, TRACE_A);
+        let d = sentinel_cp::stream::delta(std::iter::empty(), &active);
+        let chunks = sentinel_cp::stream::chunk(&d, "n", &active, 64);
+        assert!(chunks.len() > 1);
+        assert!(chunks.iter().all(|c| c.trace_parent == TRACE_A));
+        let t = store.version_trace(1).await.unwrap().unwrap();
+        assert_eq!(t.kind, "apply");
+        let steps: Vec<&str> = t.trace.steps.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(steps, ["config.compile", "config.store"]);
+
+        // A rollback is its own change with its own trace; one without a
+        // trace stores none (proxies then get an empty trace_parent).
+        store.apply(version(2, "alice", "untraced")).await.unwrap();
+        assert_eq!(store.active().await.unwrap().unwrap().trace_parent, None);
+        let rollback = ChangeTrace {
+            parent: Some(TRACE_B.into()),
+            steps: Vec::new(),
+        };
+        store
+            .rollback_traced(None, None, "bob", "back", &rollback)
+            .await
+            .unwrap();
+        assert_eq!(
+            store
+                .active()
+                .await
+                .unwrap()
+                .unwrap()
+                .trace_parent
+                .as_deref(),
+            Some(TRACE_B)
+        );
+        fleet.refresh().await.unwrap();
+        assert_eq!(fleet.current().trace_parent, TRACE_B);
+        let t = store.version_trace(1).await.unwrap().unwrap();
+        assert_eq!(
+            (t.kind.as_str(), t.trace.parent.as_deref()),
+            ("rollback", Some(TRACE_B))
+        );
+        assert!(store.version_trace(99).await.unwrap().is_none());
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_timelines_follow_the_session_rule_and_are_bounded() {
+    use sentinel_cp::changes::Push;
+    both(async |store: Store| {
+        let push = |version: i64, outcome: &'static str| Push {
+            region: "eu".into(),
+            version,
+            hash: format!("h{version}"),
+            pushed_at_unix_ms: 1_000,
+            received_unix_ms: Some(1_001),
+            built_unix_ms: Some(1_002),
+            swapped_unix_ms: (outcome == "ack").then_some(1_003),
+            answered_at_unix_ms: 1_004,
+            outcome,
+            error: (outcome == "nack").then(|| "listener \"l\": cannot\0 bind".to_string()),
+        };
+        let pushed = |epoch, push| NodeUpdate::Pushed {
+            id: "p1".into(),
+            epoch,
+            push,
+        };
+        let (e1, e2) = (Epoch::next(), Epoch::next());
+        store
+            .write_node_updates(
+                &[
+                    NodeUpdate::Connected {
+                        node: hello("p1"),
+                        epoch: e1,
+                    },
+                    pushed(e1, push(1, "ack")),
+                    pushed(e1, push(2, "nack")),
+                ],
+                "r",
+            )
+            .await
+            .unwrap();
+        let rows = store.pushes_of(1).await.unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].push, push(1, "ack"));
+        let nacked = &store.pushes_of(2).await.unwrap()[0].push;
+        assert_eq!(nacked.outcome, "nack");
+        assert_eq!(nacked.swapped_unix_ms, None);
+        assert_eq!(nacked.error.as_deref(), Some("listener \"l\": cannot bind"));
+        // The node reconnected: the old session's late answer is not written.
+        store
+            .write_node_updates(
+                &[NodeUpdate::Connected {
+                    node: hello("p1"),
+                    epoch: e2,
+                }],
+                "r",
+            )
+            .await
+            .unwrap();
+        store
+            .write_node_updates(&[pushed(e1, push(3, "ack"))], "r")
+            .await
+            .unwrap();
+        assert!(store.pushes_of(3).await.unwrap().is_empty());
+        // Bounded per node.
+        for v in 10..(10 + sentinel_cp::store::PUSHES_KEPT) {
+            store
+                .write_node_updates(&[pushed(e2, push(v, "ack"))], "r")
+                .await
+                .unwrap();
+        }
+        assert!(store.pushes_of(1).await.unwrap().is_empty());
+        assert_eq!(store.pushes_of(10).await.unwrap().len(), 1);
     })
     .await;
 }

@@ -155,6 +155,7 @@ async fn nack_is_recorded_visible_and_not_resent() {
             name: "l".into(),
         }),
         error: "cannot bind 127.0.0.1:8080: address in use".into(),
+        ..Default::default()
     };
     s.tx.send(pb::DeltaRequest {
         kind: Some(pb::delta_request::Kind::Nack(nack)),

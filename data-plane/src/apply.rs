@@ -95,12 +95,26 @@ impl Proxy {
         snapshot: Snapshot,
         version: ConfigVersion,
     ) -> Result<Arc<Runtime>, BuildError> {
+        self.apply_timed(snapshot, version, &mut None)
+    }
+
+    /// [`Proxy::apply`], noting in `built_unix_ms` when the build (runtime
+    /// and listener plan) ended — also when it failed — so the caller can
+    /// tell the build from the swap (the control plane's timeline, the
+    /// `config.build` and `config.swap` spans).
+    pub fn apply_timed(
+        &self,
+        snapshot: Snapshot,
+        version: ConfigVersion,
+        built_unix_ms: &mut Option<u64>,
+    ) -> Result<Arc<Runtime>, BuildError> {
         let _serial = self.apply_lock.lock().unwrap_or_else(|p| p.into_inner());
         let previous = self.shared.runtime.load_full();
         let result = Runtime::build(snapshot, version, previous.as_deref(), &|k| {
             std::env::var(k).ok()
         })
         .and_then(|rt| self.listeners.prepare(&rt).map(|plan| (rt, plan)));
+        *built_unix_ms = Some(crate::clock::unix_ms());
         let (runtime, plan) = match result {
             Ok(pair) => pair,
             Err(e) => {

@@ -127,6 +127,8 @@ impl Runtime {
                 .unwrap_or_default()
         };
 
+        // OTLP export is not part of the runtime: `apply` hands the
+        // tracing settings to `tracer` once the runtime is live.
         let settings = snapshot.settings;
         // The collector is connected lazily (an unreachable one costs
         // dropped spans, never a refused config); an endpoint the gRPC

@@ -14,6 +14,12 @@
 //!   names everything the proxy holds (as `Hello.held` does) and its config
 //!   version, and the control plane sends the difference from that.
 //!
+//! Every answer carries this proxy's own timing of the response (first
+//! chunk received, build ended, swapped: [`Timing`]), and with tracing on
+//! the response's `trace_parent` parents this proxy's spans of the config
+//! change (`config.receive`, `config.build`, `config.swap`, `config.ack`
+//! or the error span `config.nack`; see `record_spans`).
+//!
 //! Every applied configuration is written to the last-good cache. Building
 //! and the cache write (fsync) run on the blocking pool, never on a worker. On a lost stream it reconnects with jittered
 //! exponential backoff, moving to the next URL each time; traffic is never
@@ -23,7 +29,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rand::Rng;
 use sentinel_config::Snapshot;
@@ -182,6 +188,7 @@ impl Client {
         ));
         let _stop_reporter = AbortOnDrop(reporter.abort_handle());
         let mut chunks: Vec<pb::DeltaResponse> = Vec::new();
+        let mut first_chunk_at = SystemTime::now();
         while let Some(msg) = inbound.message().await? {
             crate::ratelimit::set_fleet_peers(msg.peers);
             if msg.keepalive {
@@ -191,12 +198,22 @@ impl Client {
                 // A newer response replaced an incomplete one.
                 chunks.clear();
             }
+            if chunks.is_empty() {
+                first_chunk_at = SystemTime::now();
+            }
             let complete = msg.chunk + 1 >= msg.chunk_count;
             chunks.push(msg);
             if !complete {
                 continue;
             }
-            let answer = self.apply(url, state, std::mem::take(&mut chunks)).await;
+            let timing = Timing {
+                first_chunk: first_chunk_at,
+                last_chunk: SystemTime::now(),
+                ..Timing::default()
+            };
+            let answer = self
+                .apply(url, state, std::mem::take(&mut chunks), timing)
+                .await;
             tx.send(answer).await?;
         }
         Ok(())
@@ -209,28 +226,49 @@ impl Client {
         url: &str,
         state: &mut State,
         chunks: Vec<pb::DeltaResponse>,
+        timing: Timing,
     ) -> pb::DeltaRequest {
         let proxy = Arc::clone(&self.proxy);
         let cache_dir = self.cache_dir.clone();
         let url = url.to_string();
         let held = state.clone();
         let nonce = chunks.first().map(|c| c.nonce.clone()).unwrap_or_default();
-        let announced = chunks
+        let (announced, number, trace_parent) = chunks
             .last()
-            .map(|c| c.config_version.clone())
+            .map(|c| {
+                (
+                    c.config_version.clone(),
+                    c.version_number,
+                    c.trace_parent.clone(),
+                )
+            })
             .unwrap_or_default();
-        let outcome =
-            off_workers(move || respond(&proxy, cache_dir.as_deref(), &url, held, chunks)).await;
-        match outcome {
-            Ok((answer, next)) => {
+        let outcome = off_workers(move || {
+            let mut timing = timing;
+            let (answer, next) = respond(
+                &proxy,
+                cache_dir.as_deref(),
+                &url,
+                held,
+                chunks,
+                &mut timing,
+            );
+            (answer, next, timing)
+        })
+        .await;
+        let (mut answer, timing) = match outcome {
+            Ok((answer, next, timing)) => {
                 if let Some(next) = next {
                     *state = next;
                 }
-                answer
+                (answer, timing)
             }
             // The build panicked: nothing was swapped in.
-            Err(e) => nack(&nonce, &announced, 0, None, e.to_string()),
-        }
+            Err(e) => (nack(&nonce, &announced, 0, None, e.to_string()), timing),
+        };
+        timing.stamp(&mut answer);
+        record_spans(&trace_parent, number, &answer, &timing);
+        answer
     }
 }
 
@@ -307,6 +345,7 @@ fn nack(
             config_version: config_version.to_string(),
             resource,
             error,
+            ..Default::default()
         })),
     }
 }
@@ -327,7 +366,9 @@ fn respond(
     url: &str,
     held: State,
     chunks: Vec<pb::DeltaResponse>,
+    timing: &mut Timing,
 ) -> (pb::DeltaRequest, Option<State>) {
+    timing.build_start = Some(SystemTime::now());
     let nonce = chunks.first().map(|c| c.nonce.clone()).unwrap_or_default();
     let config_version = chunks
         .last()
@@ -406,7 +447,10 @@ fn respond(
         },
         applied_unix_ms: unix_ms(),
     };
-    if let Err(e) = proxy.apply(snapshot, version) {
+    let mut built = None;
+    let applied = proxy.apply_timed(snapshot, version, &mut built);
+    timing.built = built.map(|ms| UNIX_EPOCH + Duration::from_millis(ms));
+    if let Err(e) = applied {
         let answer = nack(
             &nonce,
             &config_version,
@@ -416,6 +460,7 @@ fn respond(
         );
         return (answer, None);
     }
+    timing.swapped = Some(SystemTime::now());
     if let Some(dir) = cache_dir {
         let set = pb::ResourceSet {
             resources,
@@ -430,6 +475,7 @@ fn respond(
         kind: Some(pb::delta_request::Kind::Ack(pb::Ack {
             nonce,
             config_version: hash.clone(),
+            ..Default::default()
         })),
     };
     let state = State {
@@ -438,6 +484,141 @@ fn respond(
         version_number: number,
     };
     (answer, Some(state))
+}
+
+/// This proxy's own clock for one response: the ACK/NACK's timing fields
+/// (always sent) and the times of its spans (when tracing is on).
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    pub first_chunk: SystemTime,
+    pub last_chunk: SystemTime,
+    /// When building began (after the response was found to fit).
+    pub build_start: Option<SystemTime>,
+    /// When the build ended (failed or not); `None` if it never ran.
+    pub built: Option<SystemTime>,
+    /// When the new runtime was live; `None` unless applied.
+    pub swapped: Option<SystemTime>,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        let now = SystemTime::now();
+        Timing {
+            first_chunk: now,
+            last_chunk: now,
+            build_start: None,
+            built: None,
+            swapped: None,
+        }
+    }
+}
+
+fn ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+impl Timing {
+    /// Writes the timing fields of an ACK or NACK (a NACK's swap is 0).
+    pub fn stamp(&self, answer: &mut pb::DeltaRequest) {
+        let received = ms(self.first_chunk);
+        let built = self.built.map_or(0, ms);
+        match &mut answer.kind {
+            Some(pb::delta_request::Kind::Ack(a)) => {
+                a.received_unix_ms = received;
+                a.built_unix_ms = built;
+                a.swapped_unix_ms = self.swapped.map_or(0, ms);
+            }
+            Some(pb::delta_request::Kind::Nack(n)) => {
+                n.received_unix_ms = received;
+                n.built_unix_ms = built;
+                n.swapped_unix_ms = 0;
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Records this proxy's part of a config change's trace: `config.receive`
+/// (first chunk → last), `config.build`, `config.swap` and `config.ack` —
+/// or `config.nack`, an error span with the reason — as children of the
+/// response's `trace_parent`, with the node, region, zone and version.
+///
+/// The pipeline is the one current *after* the swap: a config that turns
+/// tracing on (or moves the collector) has the spans of its own arrival
+/// exported under its settings, and one that turns it off exports none.
+/// A NACKed config never went live, so its spans go through the pipeline
+/// of the config still serving. Nothing is recorded without a pipeline or
+/// without a valid `trace_parent` (a Resync is not recorded either: the
+/// response applied to nothing).
+fn record_spans(trace_parent: &str, version: u64, answer: &pb::DeltaRequest, t: &Timing) {
+    use sentinel_telemetry::trace::{
+        KeyValue, Span, SpanKind, Status, Tracer, from_traceparent, trace_id,
+    };
+    let outcome = match &answer.kind {
+        Some(pb::delta_request::Kind::Ack(_)) => Ok(()),
+        Some(pb::delta_request::Kind::Nack(n)) => Err(match &n.resource {
+            Some(r) => format!("{r}: {}", n.error),
+            None => n.error.clone(),
+        }),
+        _ => return,
+    };
+    if trace_parent.is_empty() {
+        return;
+    }
+    let pipeline = crate::tracer::current();
+    let Some(pipeline) = pipeline.as_ref() else {
+        return;
+    };
+    let parent = from_traceparent(trace_parent);
+    if trace_id(&parent).is_none() {
+        tracing::debug!(%trace_parent, "ignoring a malformed trace_parent from the control plane");
+        return;
+    }
+    let instance = crate::telemetry::instance();
+    let attributes = || {
+        vec![
+            KeyValue::new("sentinel.node", instance.node.clone()),
+            KeyValue::new("sentinel.region", instance.region.clone()),
+            KeyValue::new("sentinel.zone", instance.zone.clone()),
+            KeyValue::new(
+                "sentinel.config.version",
+                i64::try_from(version).unwrap_or(i64::MAX),
+            ),
+        ]
+    };
+    let tracer = pipeline.tracer();
+    let span = |name: &'static str, start: SystemTime, end: SystemTime, error: Option<&str>| {
+        let mut attrs = attributes();
+        if let Some(e) = error {
+            attrs.push(KeyValue::new("sentinel.nack.error", e.to_string()));
+        }
+        let mut s = tracer
+            .span_builder(name)
+            .with_kind(SpanKind::Internal)
+            .with_attributes(attrs)
+            .with_start_time(start)
+            .start_with_context(tracer, &parent);
+        if let Some(e) = error {
+            s.set_status(Status::error(e.to_string()));
+        }
+        s.end_with_timestamp(end.max(start));
+    };
+    let now = SystemTime::now();
+    span("config.receive", t.first_chunk, t.last_chunk, None);
+    let build_start = t.build_start.unwrap_or(t.last_chunk);
+    let built = t.built.unwrap_or(build_start);
+    if t.built.is_some() {
+        span("config.build", build_start, built, None);
+    }
+    match outcome {
+        Ok(()) => {
+            let swapped = t.swapped.unwrap_or(built);
+            span("config.swap", built, swapped, None);
+            span("config.ack", swapped, now, None);
+        }
+        Err(reason) => span("config.nack", built, now, Some(&reason)),
+    }
 }
 
 struct AbortOnDrop(tokio::task::AbortHandle);

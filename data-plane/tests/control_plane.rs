@@ -172,6 +172,7 @@ fn full(nonce: &str, number: u64, s: &Snapshot) -> pb::DeltaResponse {
         chunk_count: 1,
         keepalive: false,
         peers: 0,
+        trace_parent: String::new(),
     }
 }
 

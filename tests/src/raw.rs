@@ -101,6 +101,7 @@ impl RawStream {
         let ack = pb::Ack {
             nonce: r.nonce.clone(),
             config_version: r.config_version.clone(),
+            ..Default::default()
         };
         self.send(pb::delta_request::Kind::Ack(ack)).await;
     }
@@ -117,6 +118,7 @@ impl RawStream {
             config_version: r.config_version.clone(),
             resource,
             error: error.to_string(),
+            ..Default::default()
         };
         self.send(pb::delta_request::Kind::Nack(nack)).await;
     }

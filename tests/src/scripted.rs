@@ -250,6 +250,7 @@ impl ScriptedProxy {
                     config_version: hash.clone(),
                     resource: None,
                     error: "refused by the script".to_string(),
+                    ..Default::default()
                 }),
                 Sent::Nack {
                     nonce: nonce.clone(),
@@ -266,6 +267,7 @@ impl ScriptedProxy {
                 pb::delta_request::Kind::Ack(pb::Ack {
                     nonce: nonce.clone(),
                     config_version: hash.clone(),
+                    ..Default::default()
                 }),
                 Sent::Ack {
                     nonce: nonce.clone(),
@@ -287,6 +289,7 @@ impl ScriptedProxy {
         let ack = pb::Ack {
             nonce,
             config_version: self.holding.hash.clone(),
+            ..Default::default()
         };
         self.send(pb::delta_request::Kind::Ack(ack)).await;
         true

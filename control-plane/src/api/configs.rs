@@ -18,6 +18,8 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use sentinel_proto as pb;
 use serde::Deserialize;
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 use utoipa::IntoParams;
 
 use super::extract::{Path, Query, limit, object_from_slice};
@@ -25,9 +27,9 @@ use super::{ADMIN, Api, ApiError, Caller, ErrorBody, READ, WRITE};
 use crate::rollout::{self, ApplyRequest};
 use crate::store::ApplyOutcome;
 pub use sentinel_api::{
-    ActivationList, ApplyBody, ApplyCreated, ApplyNothingStored, ApplyUnchanged, AuditList, Diff,
-    DryRun, EXAMPLE_KDL, EXAMPLE_KDL_TWO, ResourceName, ResourceRef, RollbackBody, RollbackResult,
-    VersionDetail, VersionList,
+    ActivationList, ApplyBody, ApplyCreated, ApplyNothingStored, ApplyUnchanged, AuditList,
+    ConfigTrace, Diff, DryRun, EXAMPLE_KDL, EXAMPLE_KDL_TWO, ResourceName, ResourceRef,
+    RollbackBody, RollbackResult, TraceNode, TraceStep, VersionDetail, VersionList,
 };
 
 /// Longest `message` kept (characters); longer ones are cut.
@@ -240,10 +242,28 @@ pub async fn apply(
         message: storable(&input.message.unwrap_or_default(), MESSAGE_MAX_CHARS),
         expect_version,
     };
-    let (outcome, rollout_id) = match input.rollout {
-        Some(plan) => crate::rollouts::apply_staged(&api.fleet, request, plan).await?,
-        None => (rollout::apply(&api.fleet, request).await?, None),
+    // The config change's root span here (sentinelctl's span is its
+    // parent when the request carries a valid `traceparent`).
+    let span = tracing::info_span!("config.apply", sentinel.token = %request.actor);
+    crate::telemetry::parent_on_request(&span, &headers);
+    let trace_id = crate::telemetry::trace_id_of(&span);
+    let applied = async {
+        match input.rollout {
+            Some(plan) => crate::rollouts::apply_staged(&api.fleet, request, plan).await,
+            None => Ok((rollout::apply(&api.fleet, request).await?, None)),
+        }
+    }
+    .instrument(span.clone())
+    .await;
+    let (outcome, rollout_id) = match applied {
+        Ok(pair) => pair,
+        Err(e) => {
+            span.set_status(sentinel_telemetry::trace::Status::error(e.to_string()));
+            return Err(e.into());
+        }
     };
+    let (ApplyOutcome::Created { version, .. } | ApplyOutcome::Unchanged { version }) = &outcome;
+    span.set_attribute("sentinel.config.version", *version);
     Ok(match outcome {
         ApplyOutcome::Created { version, previous } => {
             let hash = api.fleet.current().hash.clone();
@@ -255,6 +275,7 @@ pub async fn apply(
                     previous,
                     hash,
                     rollout: rollout_id,
+                    trace_id,
                 }),
             )
                 .into_response()
@@ -366,6 +387,84 @@ pub async fn get(
     Path(number): Path<i64>,
 ) -> Result<axum::Json<VersionDetail>, ApiError> {
     Ok(axum::Json(version_detail(&api, number).await?))
+}
+
+/// Pushes answered this long before the change's activation still count
+/// as its own (replicas' clocks differ a little).
+const TRACE_CLOCK_SLACK_MS: i64 = 1000;
+
+/// The newest config change that delivered a version, as one trace: its
+/// trace id, the control plane's steps, and each node's timeline (pushed,
+/// received, built, swapped, answered) from the control plane's own
+/// records — no collector needed.
+#[utoipa::path(operation_id = "get_config_trace", get, path = "/v1/configs/{number}/trace", tag = "configs",
+    params(("number" = i64, Path, description = "version number")),
+    responses(
+        (status = 200, description = "the trace of the newest change that delivered the version", body = ConfigTrace),
+        (status = 400, description = "the number is not an integer", body = ErrorBody),
+        (status = 401, description = "no or unknown token", body = ErrorBody),
+        (status = 403, description = "the token lacks the `read` role", body = ErrorBody),
+        (status = 404, description = "no such version, or it was never activated or rolled out", body = ErrorBody),
+        (status = 503, description = "database unavailable", body = ErrorBody),
+    ),
+    security(("bearer" = ["read"])))]
+pub async fn trace(
+    State(api): State<Api>,
+    _c: Caller<READ>,
+    Path(number): Path<i64>,
+) -> Result<axum::Json<ConfigTrace>, ApiError> {
+    // 404 for a version that does not exist.
+    api.fleet.store.version(number).await?;
+    let Some(change) = api.fleet.store.version_trace(number).await? else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("version {number} was never activated or rolled out"),
+        ));
+    };
+    let mut steps = change.trace.steps.clone();
+    steps.push(TraceStep {
+        name: "config.activate".into(),
+        start_unix_ms: change.at_unix_ms,
+        end_unix_ms: change.at_unix_ms,
+    });
+    let since = change.at_unix_ms - TRACE_CLOCK_SLACK_MS;
+    let nodes = api
+        .fleet
+        .store
+        .pushes_of(number)
+        .await?
+        .into_iter()
+        .filter(|row| row.push.pushed_at_unix_ms >= since)
+        .map(|row| {
+            let p = row.push;
+            TraceNode {
+                node: row.node,
+                region: p.region,
+                pushed_at_unix_ms: p.pushed_at_unix_ms,
+                received_unix_ms: p.received_unix_ms,
+                built_unix_ms: p.built_unix_ms,
+                swapped_unix_ms: p.swapped_unix_ms,
+                answered_at_unix_ms: p.answered_at_unix_ms,
+                outcome: p.outcome.to_string(),
+                error: p.error,
+                total_ms: p.answered_at_unix_ms.saturating_sub(p.pushed_at_unix_ms),
+            }
+        })
+        .collect();
+    let trace_id = change
+        .trace
+        .parent
+        .as_deref()
+        .map(sentinel_telemetry::trace::from_traceparent)
+        .and_then(|cx| sentinel_telemetry::trace::trace_id(&cx));
+    Ok(axum::Json(ConfigTrace {
+        version: number,
+        trace_id,
+        trace_parent: change.trace.parent,
+        kind: change.kind,
+        steps,
+        nodes,
+    }))
 }
 
 /// The active version with its KDL source.
@@ -543,12 +642,27 @@ pub async fn rollback(
     };
     let message = storable(body.message.as_deref().unwrap_or(""), MESSAGE_MAX_CHARS);
     let expect = if_match(&headers)?;
-    let (from, to) =
-        rollout::rollback_if_match(&api.fleet, body.to, expect, &caller.name, &message).await?;
+    // A rollback is its own config change: its own trace (or the
+    // caller's, from `traceparent`).
+    let span = tracing::info_span!("config.rollback", sentinel.token = %caller.name);
+    crate::telemetry::parent_on_request(&span, &headers);
+    let trace_id = crate::telemetry::trace_id_of(&span);
+    let rolled = rollout::rollback_if_match(&api.fleet, body.to, expect, &caller.name, &message)
+        .instrument(span.clone())
+        .await;
+    let (from, to) = match rolled {
+        Ok(pair) => pair,
+        Err(e) => {
+            span.set_status(sentinel_telemetry::trace::Status::error(e.to_string()));
+            return Err(e.into());
+        }
+    };
+    span.set_attribute("sentinel.config.version", to);
     Ok(axum::Json(RollbackResult {
         from,
         to,
         hash: api.fleet.current().hash.clone(),
+        trace_id,
     }))
 }
 

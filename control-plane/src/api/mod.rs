@@ -78,6 +78,7 @@ pub fn router(
         .route("/v1/configs", get(configs::list).post(configs::apply))
         .route("/v1/configs/active", get(configs::active))
         .route("/v1/configs/{number}", get(configs::get))
+        .route("/v1/configs/{number}/trace", get(configs::trace))
         .route("/v1/diff", get(configs::diff))
         .route("/v1/rollback", post(configs::rollback))
         .route("/v1/activations", get(configs::activations))

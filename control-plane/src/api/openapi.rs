@@ -28,7 +28,7 @@ under /v1 are stable: fields may be added, never renamed or removed, within /v1.
         license(name = "Apache-2.0", identifier = "Apache-2.0"),
     ),
     paths(
-        configs::apply, configs::list, configs::active, configs::get, configs::diff,
+        configs::apply, configs::list, configs::active, configs::get, configs::trace, configs::diff,
         configs::rollback, configs::activations, configs::audit,
         rollouts::list, rollouts::get, rollouts::promote, rollouts::pause, rollouts::resume,
         rollouts::abort,

@@ -43,7 +43,7 @@ use sentinel_api::{
 };
 
 use crate::fleet::Fleet;
-use crate::rollout::{ApplyRequest, RolloutError, compile};
+use crate::rollout::{ApplyRequest, RolloutError};
 use crate::store::{ApplyOutcome, NewRollout, NewVersion, RolloutRow, StoreError};
 use machine::{NodeView, Phase, Step};
 use plan::Plan;
@@ -72,7 +72,11 @@ pub async fn apply_staged(
     api_plan: RolloutPlan,
 ) -> Result<(ApplyOutcome, Option<i64>), RolloutError> {
     let plan = Plan::from_api(&api_plan).map_err(|e| RolloutError::Plan(e.0))?;
-    let snapshot = compile(&req.file_name, &req.source).await?;
+    let (snapshot, compiled) = crate::rollout::compile_traced(&req.file_name, &req.source).await?;
+    // The rollout's stages (and the activation that completes it) deliver
+    // the version as part of this span's trace.
+    let activate = tracing::info_span!("config.activate", sentinel.config.hash = %snapshot.config_hash(), sentinel.rollout = true);
+    let trace = crate::rollout::change_trace(&activate, vec![compiled]);
     let nodes = node_views(fleet).await?;
     let admit = machine::admit(&plan, 0, &BTreeMap::new(), &nodes);
     let plan_json =
@@ -89,6 +93,7 @@ pub async fn apply_staged(
                 author: req.author,
                 message: req.message,
                 expect_version: req.expect_version,
+                trace,
             },
             NewRollout {
                 plan_json,

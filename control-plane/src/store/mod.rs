@@ -19,7 +19,7 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 
 /// The records are the API's models (one crate with `sentinelctl`).
-pub use sentinel_api::{Activation, AuditEntry, Role, VersionRecord};
+pub use sentinel_api::{Activation, AuditEntry, Role, TraceStep, VersionRecord};
 
 mod endpoints;
 mod nodes;
@@ -29,7 +29,10 @@ pub mod writer;
 
 pub use endpoints::{EndpointHistory, HISTORY_PER_UPSTREAM};
 
-pub use nodes::{ACKS_KEPT, Nack, NodeChange, NodeEvent, NodeRecord, REPLICA_TIMEOUT, sanitise};
+pub use nodes::{
+    ACKS_KEPT, Nack, NodeChange, NodeEvent, NodeRecord, PUSHES_KEPT, PushRow, REPLICA_TIMEOUT,
+    sanitise,
+};
 
 mod tokens;
 pub use tokens::{Ensured, NewToken, TokenKind, TokenRecord, Unusable};
@@ -81,6 +84,48 @@ pub struct StoredVersion {
     pub record: VersionRecord,
     pub source: String,
     pub resources: Vec<pb::Resource>,
+    /// From [`Store::active`]: the traceparent stored with the activation
+    /// (every replica streams the same one). `None` from [`Store::version`].
+    pub trace_parent: Option<String>,
+}
+
+/// The trace of one config change, stored with its activation (or
+/// rollout): the W3C traceparent of the span that activated it, which
+/// proxies' spans become children of, and the control plane's steps so far.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ChangeTrace {
+    pub parent: Option<String>,
+    pub steps: Vec<TraceStep>,
+}
+
+impl ChangeTrace {
+    fn steps_json(&self) -> Option<String> {
+        (!self.steps.is_empty())
+            .then(|| serde_json::to_string(&self.steps).ok())
+            .flatten()
+    }
+}
+
+/// The stored trace of the newest change that delivered a version.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VersionTrace {
+    /// `apply`, `rollback` or `rollout`.
+    pub kind: String,
+    pub trace: ChangeTrace,
+    /// When it was activated (or the rollout created).
+    pub at_unix_ms: i64,
+}
+
+fn trace_of(row: &AnyRow) -> Result<ChangeTrace> {
+    let parent: Option<String> = row.try_get("trace_parent")?;
+    let steps: Option<String> = row.try_get("trace_steps")?;
+    Ok(ChangeTrace {
+        parent: parent.filter(|p| !p.is_empty()),
+        // Written by this code only; unreadable steps are shown as none.
+        steps: steps
+            .and_then(|s| serde_json::from_str(&s).ok())
+            .unwrap_or_default(),
+    })
 }
 
 /// What an apply asks for.
@@ -98,6 +143,8 @@ pub struct NewVersion {
     pub message: String,
     /// Optimistic concurrency: the version the caller believes is active.
     pub expect_version: Option<i64>,
+    /// Stored with the activation (or the rollout).
+    pub trace: ChangeTrace,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -395,8 +442,15 @@ impl Store {
         }
         let number = Self::insert_version_in(tx, &new).await?;
         let now = now_ms();
+        let mut trace = new.trace.clone();
+        trace.steps.push(TraceStep {
+            name: "config.store".into(),
+            start_unix_ms: now,
+            end_unix_ms: now,
+        });
         sqlx::query(
-            "INSERT INTO activations (kind, from_version, to_version, actor, message, at) VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO activations (kind, from_version, to_version, actor, message, at, trace_parent, trace_steps) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind("apply")
         .bind(active_number)
@@ -404,6 +458,8 @@ impl Store {
         .bind(&new.actor)
         .bind(&new.message)
         .bind(now)
+        .bind(trace.parent.as_deref())
+        .bind(trace.steps_json())
         .execute(&mut **tx)
         .await?;
         Self::audit(
@@ -468,9 +524,25 @@ impl Store {
         actor: &str,
         message: &str,
     ) -> Result<(i64, i64)> {
+        self.rollback_traced(to, expect, actor, message, &ChangeTrace::default())
+            .await
+    }
+
+    /// [`Store::rollback_expecting`] whose activation carries `trace` (a
+    /// rollback is its own config change, with its own trace).
+    pub async fn rollback_traced(
+        &self,
+        to: Option<i64>,
+        expect: Option<i64>,
+        actor: &str,
+        message: &str,
+        trace: &ChangeTrace,
+    ) -> Result<(i64, i64)> {
         let _serial = self.writer.lock().await;
         let mut tx = self.pool.begin().await?;
-        let result = self.rollback_in(&mut tx, to, expect, actor, message).await;
+        let result = self
+            .rollback_in(&mut tx, to, expect, actor, message, trace)
+            .await;
         Self::finish(tx, result, |_| true).await
     }
 
@@ -481,6 +553,7 @@ impl Store {
         expect: Option<i64>,
         actor: &str,
         message: &str,
+        trace: &ChangeTrace,
     ) -> Result<(i64, i64)> {
         self.lock_writers(tx).await?;
         let last = sqlx::query(
@@ -540,15 +613,25 @@ impl Store {
                 "version {target} is already active"
             )));
         }
+        let now = now_ms();
+        let mut trace = trace.clone();
+        trace.steps.push(TraceStep {
+            name: "config.store".into(),
+            start_unix_ms: now,
+            end_unix_ms: now,
+        });
         sqlx::query(
-            "INSERT INTO activations (kind, from_version, to_version, actor, message, at) VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO activations (kind, from_version, to_version, actor, message, at, trace_parent, trace_steps) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind("rollback")
         .bind(from)
         .bind(target)
         .bind(actor)
         .bind(message)
-        .bind(now_ms())
+        .bind(now)
+        .bind(trace.parent.as_deref())
+        .bind(trace.steps_json())
         .execute(&mut **tx)
         .await?;
         Self::audit(tx, actor, "rollback", &format!("{from} -> {target}")).await?;
@@ -558,13 +641,65 @@ impl Store {
 
     /// The active version with its source and resources.
     pub async fn active(&self) -> Result<Option<StoredVersion>> {
-        let row = sqlx::query("SELECT to_version FROM activations ORDER BY id DESC LIMIT 1")
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(
+            "SELECT to_version, trace_parent FROM activations ORDER BY id DESC LIMIT 1",
+        )
+        .fetch_optional(&self.pool)
+        .await?;
         match row {
-            Some(row) => self.version(row.try_get("to_version")?).await.map(Some),
+            Some(row) => {
+                let mut v = self.version(row.try_get("to_version")?).await?;
+                v.trace_parent = row
+                    .try_get::<Option<String>, _>("trace_parent")?
+                    .filter(|p| !p.is_empty());
+                Ok(Some(v))
+            }
             None => Ok(None),
         }
+    }
+
+    /// The trace of the newest change that delivered `number`: its newest
+    /// activation, or — while it is only being rolled out, or if a rollout
+    /// of it started later — its newest rollout. `None` when it never was.
+    pub async fn version_trace(&self, number: i64) -> Result<Option<VersionTrace>> {
+        let activation = sqlx::query(
+            "SELECT kind, at, trace_parent, trace_steps FROM activations WHERE to_version = $1 \
+             ORDER BY id DESC LIMIT 1",
+        )
+        .bind(number)
+        .fetch_optional(&self.pool)
+        .await?;
+        let rollout = sqlx::query(
+            "SELECT created_at, trace_parent, trace_steps FROM rollouts WHERE to_version = $1 \
+             ORDER BY id DESC LIMIT 1",
+        )
+        .bind(number)
+        .fetch_optional(&self.pool)
+        .await?;
+        let activation = activation
+            .map(|r| {
+                Ok::<_, StoreError>(VersionTrace {
+                    kind: r.try_get("kind")?,
+                    at_unix_ms: r.try_get("at")?,
+                    trace: trace_of(&r)?,
+                })
+            })
+            .transpose()?;
+        let rollout = rollout
+            .map(|r| {
+                Ok::<_, StoreError>(VersionTrace {
+                    kind: "rollout".into(),
+                    at_unix_ms: r.try_get("created_at")?,
+                    trace: trace_of(&r)?,
+                })
+            })
+            .transpose()?;
+        Ok(match (activation, rollout) {
+            // A completed rollout's activation carries the rollout's trace.
+            (Some(a), Some(r)) if r.at_unix_ms > a.at_unix_ms => Some(r),
+            (Some(a), _) => Some(a),
+            (None, r) => r,
+        })
     }
 
     pub async fn version(&self, number: i64) -> Result<StoredVersion> {
@@ -583,6 +718,7 @@ impl Store {
             record: version_record(&row)?,
             source: row.try_get("source")?,
             resources: decode_resources(&resources)?,
+            trace_parent: None,
         })
     }
 

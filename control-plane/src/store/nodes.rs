@@ -32,7 +32,7 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 
 use super::{Result, Store, now_ms};
-use crate::changes::Epoch;
+use crate::changes::{Epoch, Push};
 pub use sentinel_api::{Nack, NodeEvent, NodeRecord};
 
 /// A replica whose heartbeat is older than this is taken for dead, and so
@@ -48,6 +48,17 @@ pub const EVENTS_KEPT: i64 = 100;
 /// Version changes (`node_acks`, the console's convergence charts) kept
 /// per node.
 pub const ACKS_KEPT: i64 = 100;
+
+/// Answered pushes (`node_pushes`, the config-change timeline) kept per node.
+pub const PUSHES_KEPT: i64 = 100;
+
+/// One row of a version's per-node timeline (`node_pushes`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PushRow {
+    pub node: String,
+    pub epoch: i64,
+    pub push: Push,
+}
 
 /// The hello part of a session: what the node says it is.
 #[derive(Debug, Clone, PartialEq)]
@@ -79,6 +90,10 @@ pub struct NodeChange {
     /// When the node was last heard from in this session.
     pub seen_at_unix_ms: i64,
     pub events: Vec<NodeEvent>,
+    /// Answered pushes not written yet (the per-node timeline), each with
+    /// the epoch of the session that pushed it: written only while that
+    /// session owns the row.
+    pub pushes: Vec<(Epoch, Push)>,
 }
 
 /// Text from the network, made storable: control characters (NUL, which
@@ -197,6 +212,39 @@ impl Store {
         .await?;
         rows.iter()
             .map(|r| Ok((r.try_get("node_id")?, r.try_get("first")?)))
+            .collect()
+    }
+
+    /// The per-node timeline of `version`: every answered push of it still
+    /// kept (see [`PUSHES_KEPT`]), oldest first.
+    pub async fn pushes_of(&self, version: i64) -> Result<Vec<PushRow>> {
+        let rows = sqlx::query(
+            "SELECT node_id, region, epoch, version, hash, pushed_at, received_at, built_at, swapped_at, \
+             answered_at, outcome, error FROM node_pushes WHERE version = $1 ORDER BY id",
+        )
+        .bind(version)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let outcome: String = r.try_get("outcome")?;
+                Ok(PushRow {
+                    node: r.try_get("node_id")?,
+                    epoch: r.try_get("epoch")?,
+                    push: Push {
+                        region: r.try_get("region")?,
+                        version: r.try_get("version")?,
+                        hash: r.try_get("hash")?,
+                        pushed_at_unix_ms: r.try_get("pushed_at")?,
+                        received_unix_ms: r.try_get("received_at")?,
+                        built_unix_ms: r.try_get("built_at")?,
+                        swapped_unix_ms: r.try_get("swapped_at")?,
+                        answered_at_unix_ms: r.try_get("answered_at")?,
+                        outcome: if outcome == "ack" { "ack" } else { "nack" },
+                        error: r.try_get("error")?,
+                    },
+                })
+            })
             .collect()
     }
 
@@ -433,6 +481,38 @@ impl Store {
             .execute(&mut **tx)
             .await?;
         }
+        for (push_epoch, p) in &c.pushes {
+            let written = sqlx::query(
+                "INSERT INTO node_pushes (node_id, region, epoch, version, hash, pushed_at, received_at, \
+                 built_at, swapped_at, answered_at, outcome, error) \
+                 SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12 \
+                 WHERE EXISTS (SELECT 1 FROM nodes WHERE id = $1 AND session_epoch = $3)",
+            )
+            .bind(&c.id)
+            .bind(&p.region)
+            .bind(push_epoch.0)
+            .bind(p.version)
+            .bind(&p.hash)
+            .bind(p.pushed_at_unix_ms)
+            .bind(p.received_unix_ms)
+            .bind(p.built_unix_ms)
+            .bind(p.swapped_unix_ms)
+            .bind(p.answered_at_unix_ms)
+            .bind(p.outcome)
+            .bind(p.error.as_deref())
+            .execute(&mut **tx)
+            .await?;
+            if written.rows_affected() > 0 {
+                sqlx::query(
+                    "DELETE FROM node_pushes WHERE node_id = $1 AND id < \
+                     (SELECT id FROM node_pushes WHERE node_id = $1 ORDER BY id DESC LIMIT 1 OFFSET $2)",
+                )
+                .bind(&c.id)
+                .bind(PUSHES_KEPT - 1)
+                .execute(&mut **tx)
+                .await?;
+            }
+        }
         if !c.events.is_empty() {
             sqlx::query(
                 "DELETE FROM node_events WHERE node_id = $1 AND id <= \
@@ -467,7 +547,8 @@ impl NodeChange {
             U::Connected { node, epoch } => (node.id.as_str(), *epoch),
             U::Disconnected { id, epoch }
             | U::Ack { id, epoch, .. }
-            | U::Nack { id, epoch, .. } => (id.as_str(), *epoch),
+            | U::Nack { id, epoch, .. }
+            | U::Pushed { id, epoch, .. } => (id.as_str(), *epoch),
         };
         let mut change = NodeChange {
             id: sanitise(id, MAX_NAME),
@@ -479,6 +560,7 @@ impl NodeChange {
             disconnected: false,
             seen_at_unix_ms: now,
             events: Vec::new(),
+            pushes: Vec::new(),
         };
         match update {
             U::Connected { node, .. } => {
@@ -501,6 +583,12 @@ impl NodeChange {
                 });
             }
             U::Disconnected { .. } => change.disconnected = true,
+            U::Pushed { mut push, .. } => {
+                push.region = sanitise(&push.region, MAX_NAME);
+                push.hash = sanitise(&push.hash, MAX_HASH);
+                push.error = push.error.map(|e| sanitise(&e, MAX_ERROR));
+                change.pushes.push((epoch, push));
+            }
             U::Ack { version, hash, .. } => {
                 change.ack = Some((version, sanitise(&hash, MAX_HASH)));
                 change.clears_nacks_upto = Some(version);
@@ -542,9 +630,16 @@ impl NodeChange {
     pub fn absorb(&mut self, later: NodeChange) -> usize {
         let mut events = std::mem::take(&mut self.events);
         events.extend(later.events.iter().cloned());
+        // Pushes carry their own epoch (checked when written): all kept,
+        // the oldest dropped first beyond the cap.
+        let mut pushes = std::mem::take(&mut self.pushes);
+        pushes.extend(later.pushes.iter().cloned());
+        let dropped_pushes = pushes.len().saturating_sub(MAX_QUEUED_EVENTS);
+        pushes.drain(..dropped_pushes);
         if later.epoch > self.epoch {
             *self = NodeChange {
                 events: Vec::new(),
+                pushes: Vec::new(),
                 ..later
             };
         } else if later.epoch == self.epoch {
@@ -569,7 +664,8 @@ impl NodeChange {
         let dropped = events.len().saturating_sub(MAX_QUEUED_EVENTS);
         events.drain(..dropped);
         self.events = events;
-        dropped
+        self.pushes = pushes;
+        dropped + dropped_pushes
     }
 
     /// Whether writing this would change nothing.
@@ -580,6 +676,7 @@ impl NodeChange {
             && self.nack.is_none()
             && !self.disconnected
             && self.events.is_empty()
+            && self.pushes.is_empty()
     }
 }
 
@@ -655,6 +752,45 @@ mod tests {
             c.absorb(nack(2, 7));
         }
         assert_eq!(c.events.len(), MAX_QUEUED_EVENTS);
+    }
+
+    fn pushed(epoch: i64, version: i64) -> NodeChange {
+        NodeChange::from_update(
+            NodeUpdate::Pushed {
+                id: "n".into(),
+                epoch: Epoch(epoch),
+                push: Push {
+                    region: "eu\0".into(),
+                    version,
+                    hash: String::new(),
+                    pushed_at_unix_ms: 1,
+                    received_unix_ms: None,
+                    built_unix_ms: None,
+                    swapped_unix_ms: None,
+                    answered_at_unix_ms: 2,
+                    outcome: "nack",
+                    error: Some("bad\u{1b}".into()),
+                },
+            },
+            0,
+        )
+    }
+
+    #[test]
+    fn queued_pushes_keep_their_own_session_and_are_capped() {
+        let mut c = pushed(1, 1);
+        assert!(!c.is_empty());
+        assert_eq!(c.pushes[0].1.region, "eu");
+        assert_eq!(c.pushes[0].1.error.as_deref(), Some("bad"));
+        c.absorb(ack(2, 5));
+        c.absorb(pushed(2, 5));
+        let epochs: Vec<i64> = c.pushes.iter().map(|(e, _)| e.0).collect();
+        assert_eq!(epochs, [1, 2], "each is written with its own epoch check");
+        for v in 0..MAX_QUEUED_EVENTS as i64 {
+            c.absorb(pushed(2, 10 + v));
+        }
+        assert_eq!(c.pushes.len(), MAX_QUEUED_EVENTS);
+        assert_eq!(c.pushes[0].1.version, 10, "the two oldest dropped first");
     }
 
     #[test]

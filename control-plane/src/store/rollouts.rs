@@ -200,8 +200,15 @@ impl Store {
         }
         let number = Self::insert_version_in(tx, &new).await?;
         let now = now_ms();
+        let mut trace = new.trace.clone();
+        trace.steps.push(super::TraceStep {
+            name: "config.store".into(),
+            start_unix_ms: now,
+            end_unix_ms: now,
+        });
         let q = "INSERT INTO rollouts (state, from_version, to_version, plan, stage, stage_started_at, \
-                 actor, message, created_at, updated_at) VALUES ('running', $1, $2, $3, 0, $4, $5, $6, $7, $8) RETURNING id";
+                 actor, message, created_at, updated_at, trace_parent, trace_steps) \
+                 VALUES ('running', $1, $2, $3, 0, $4, $5, $6, $7, $8, $9, $10) RETURNING id";
         let id: i64 = sqlx::query(q)
             .bind(active_number)
             .bind(number)
@@ -211,6 +218,8 @@ impl Store {
             .bind(&new.message)
             .bind(now)
             .bind(now)
+            .bind(trace.parent.as_deref())
+            .bind(trace.steps_json())
             .fetch_one(&mut **tx)
             .await?
             .try_get("id")?;
@@ -255,6 +264,21 @@ impl Store {
             },
             Some(id),
         ))
+    }
+
+    /// The traceparent stored with rollout `id` (that of the apply that
+    /// started it): what its stages deliver.
+    pub async fn rollout_trace(&self, id: i64) -> Result<Option<String>> {
+        let row = sqlx::query("SELECT trace_parent FROM rollouts WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match row {
+            Some(r) => r
+                .try_get::<Option<String>, _>("trace_parent")?
+                .filter(|p| !p.is_empty()),
+            None => None,
+        })
     }
 
     /// The open (running or paused) rollout, if any.
@@ -462,8 +486,11 @@ impl Store {
                 .await?
                 .map(|r| r.try_get("to_version"))
                 .transpose()?;
+                // The activation belongs to the trace of the apply that
+                // started the rollout.
                 sqlx::query(
-                    "INSERT INTO activations (kind, from_version, to_version, actor, message, at) VALUES ($1, $2, $3, $4, $5, $6)",
+                    "INSERT INTO activations (kind, from_version, to_version, actor, message, at, trace_parent, trace_steps) \
+                     SELECT $1, $2, $3, $4, $5, $6, trace_parent, trace_steps FROM rollouts WHERE id = $7",
                 )
                 .bind("apply")
                 .bind(last)
@@ -471,6 +498,7 @@ impl Store {
                 .bind(&actor)
                 .bind(format!("rollout {id} completed: {}", r.summary.message))
                 .bind(now_ms())
+                .bind(id)
                 .execute(&mut **tx)
                 .await?;
                 Self::event_in(tx, id, Some(stage), "stage-passed", &why).await?;

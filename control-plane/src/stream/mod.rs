@@ -26,6 +26,8 @@ pub use crate::changes::{Delta, delta};
 use crate::fleet::Fleet;
 use crate::identity::StreamAuth;
 
+mod timeline;
+
 /// Encoded resource bytes per response chunk (gRPC's default limit is 4 MiB).
 pub const CHUNK_BYTES: usize = 2 * 1024 * 1024;
 
@@ -108,6 +110,7 @@ pub fn chunk(
             chunk_count: count,
             keepalive: false,
             peers: 0,
+            trace_parent: active.trace_parent.clone(),
         })
         .collect()
 }
@@ -118,8 +121,9 @@ struct InFlight {
     nonce: String,
     /// The configuration the proxy holds once it applies the response.
     target: Arc<ActiveConfig>,
-    /// When its first chunk was sent (`sentinel_cp_push_to_ack_seconds`).
-    sent_at: tokio::time::Instant,
+    /// When it was pushed (`sentinel_cp_push_to_ack_seconds`, the node's
+    /// timeline), and its `config.push` span.
+    pushed: timeline::Pushed,
 }
 
 /// Text a proxy sends that ends up in logs and in the store: control
@@ -280,8 +284,14 @@ impl StreamService {
                     match msg.kind {
                         Some(pb::delta_request::Kind::Ack(ack)) if answered(&ack.nonce) => {
                             let Some(f) = in_flight.take() else { continue };
-                            push_to_ack.record(f.sent_at.elapsed().as_secs_f64());
+                            push_to_ack.record(f.pushed.sent_at.elapsed().as_secs_f64());
                             refused = None;
+                            timeline::answered(fleet, &node, epoch, &f.target, f.pushed, timeline::Answer {
+                                received_unix_ms: ack.received_unix_ms,
+                                built_unix_ms: ack.built_unix_ms,
+                                swapped_unix_ms: ack.swapped_unix_ms,
+                                refused: None,
+                            });
                             self.acked(&node, epoch, &f.target);
                             held = Held::Config(f.target);
                             push_needed = true;
@@ -291,6 +301,13 @@ impl StreamService {
                             // The proxy kept what it held: `held` stays.
                             let resource = clean_text(&nack.resource.map(|r| r.to_string()).unwrap_or_default(), 256);
                             let error = clean_text(&nack.error, 4096);
+                            let reason = if resource.is_empty() { error.clone() } else { format!("{resource}: {error}") };
+                            timeline::answered(fleet, &node, epoch, &f.target, f.pushed, timeline::Answer {
+                                received_unix_ms: nack.received_unix_ms,
+                                built_unix_ms: nack.built_unix_ms,
+                                swapped_unix_ms: nack.swapped_unix_ms,
+                                refused: Some(&reason),
+                            });
                             tracing::warn!(node = %node.id, version = f.target.number, %resource, %error, "proxy refused the configuration");
                             metrics::counter!("sentinel_cp_nacks_total").increment(1);
                             fleet.record(NodeUpdate::Nack {
@@ -362,6 +379,9 @@ impl StreamService {
         if let End::Refused(status) = end {
             let _ = out.send(Err(status)).await;
         }
+        if let Some(f) = in_flight.take() {
+            timeline::unanswered(f.pushed);
+        }
         self.ended(&node, epoch);
     }
 
@@ -416,7 +436,7 @@ impl StreamService {
         metrics::counter!("sentinel_cp_pushes_total").increment(1);
         metrics::counter!("sentinel_cp_push_bytes_total").increment(bytes as u64);
         let peers = self.fleet.peers();
-        let sent_at = tokio::time::Instant::now();
+        let pushed = timeline::pushed(node, active);
         for mut c in chunks {
             c.peers = peers;
             if out.send(Ok(c)).await.is_err() {
@@ -426,7 +446,7 @@ impl StreamService {
         Ok(Some(InFlight {
             nonce,
             target: Arc::clone(active),
-            sent_at,
+            pushed,
         }))
     }
 

@@ -182,6 +182,7 @@ impl SimStream {
         let ack = pb::Ack {
             nonce: msg.nonce.clone(),
             config_version: msg.config_version.clone(),
+            ..Default::default()
         };
         let _ = self
             .tx
