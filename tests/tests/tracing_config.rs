@@ -294,6 +294,35 @@ async fn one_apply_is_one_trace_with_every_proxy_and_a_nack_is_an_error_span() {
         .unwrap();
     assert!(push.status_message.contains("cannot bind"), "{push:?}");
     assert_eq!(served(&proxies[2]).await.as_deref(), Some("v1"));
+
+    // The same pipeline traces proxied requests in control-plane mode: a
+    // request with a parent is a server span of that trace, from its proxy.
+    let request_trace = format!("{:032x}", rand::random::<u128>() | 1);
+    let r = http()
+        .get(format!("http://{}/", proxies[0].http))
+        .header(
+            "traceparent",
+            format!("00-{request_trace}-00f067aa0ba902b7-01"),
+        )
+        .send()
+        .await
+        .expect("the proxy answers");
+    assert!(r.status().is_success(), "{}", r.status());
+    let spans = collector
+        .wait_for(Duration::from_secs(30), "the request's server span", |s| {
+            s.iter().any(|s| s.trace_id == request_trace && s.kind == 2)
+        })
+        .await;
+    let server = spans
+        .iter()
+        .find(|s| s.trace_id == request_trace && s.kind == 2)
+        .unwrap();
+    assert_eq!(server.parent_span_id, "00f067aa0ba902b7");
+    assert_eq!(
+        server.resource.get("sentinel.node").map(String::as_str),
+        Some("eu-1")
+    );
+    assert_eq!(server.service(), "sentinel");
     drop(taken);
 }
 
