@@ -5,17 +5,29 @@
 //! only when the tracing settings changed (the old one exports what it
 //! queued and ends). The request path reads [`current`]: one atomic load,
 //! and nothing more when tracing is off.
+//!
+//! Sampling is decided here before the SDK is involved: a request whose
+//! parent is sampled, or a new trace drawn at `sampling-rate`, gets SDK
+//! spans (the pipeline's own sampler is parent-based with every root
+//! sampled, so it agrees); any other request only gets span ids for the
+//! context it passes on — no SDK span, no lock, no clock read, nothing
+//! formatted but the header it sends upstream.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use arc_swap::ArcSwapOption;
 use sentinel_proto as pb;
+use sentinel_telemetry::trace::TraceContextExt as _;
 use sentinel_telemetry::trace::{
-    Context, KeyValue, Pipeline, Propagation, Settings, SpanKind, Status, Tracer,
+    Context, KeyValue, Pipeline, Propagation, Settings, SpanContext, SpanId, SpanKind, Status,
+    TraceFlags, TraceId, TraceState, Tracer,
 };
-use sentinel_telemetry::trace::{Span as _, TraceContextExt as _};
 
 static CURRENT: ArcSwapOption<Pipeline> = ArcSwapOption::const_empty();
+/// `sampling-rate` of the live config (an `f64`'s bits): the share of new
+/// traces this proxy samples.
+static ROOT_RATE: AtomicU64 = AtomicU64::new(0);
 
 /// The live pipeline; `None` while tracing is off.
 pub fn current() -> arc_swap::Guard<Option<Arc<Pipeline>>> {
@@ -28,7 +40,9 @@ fn settings(tracing: Option<&pb::Tracing>) -> Option<Settings> {
     let instance = crate::telemetry::instance();
     Some(Settings {
         endpoint: t.otlp_endpoint.clone(),
-        sampling_rate: t.sampling_rate.clamp(0.0, 1.0),
+        // New traces are drawn at `sampling-rate` by `RequestSpan::start`;
+        // what reaches the SDK is sampled.
+        sampling_rate: 1.0,
         service_name: if t.service_name.is_empty() {
             "sentinel".into()
         } else {
@@ -47,6 +61,8 @@ fn settings(tracing: Option<&pb::Tracing>) -> Option<Settings> {
 
 /// Applies a live config's tracing settings. Must run on the runtime.
 pub fn apply(tracing: Option<&pb::Tracing>) {
+    let rate = tracing.map_or(0.0, |t| t.sampling_rate.clamp(0.0, 1.0));
+    ROOT_RATE.store(rate.to_bits(), Ordering::Relaxed);
     let wanted = settings(tracing);
     if CURRENT.load().as_ref().map(|p| p.settings()) == wanted.as_ref() {
         return;
@@ -59,7 +75,7 @@ pub fn apply(tracing: Option<&pb::Tracing>) {
     match Pipeline::start(wanted) {
         Ok(p) => {
             let s = p.settings();
-            tracing::info!(endpoint = %s.endpoint, sampling_rate = s.sampling_rate, propagation = ?s.propagation, "trace export on");
+            tracing::info!(endpoint = %s.endpoint, sampling_rate = rate, propagation = ?s.propagation, "trace export on");
             CURRENT.store(Some(p));
         }
         // The config validated the endpoint; what is left is a transport
@@ -104,23 +120,36 @@ impl RequestSpan {
         let guard = current();
         let pipeline = guard.as_ref()?;
         let parent = pipeline.extract(req.headers());
-        let tracer = pipeline.tracer();
-        // The sampler decides from the trace id and the parent alone.
-        let span = tracer
-            .span_builder("")
-            .with_kind(SpanKind::Server)
-            .start_with_context(tracer, &parent);
-        let recording = span.is_recording();
-        let cx = parent.with_span(span);
-        if recording {
-            let span = cx.span();
-            span.update_name(req.method().as_str().to_string());
-            span.set_attributes(request_attributes(req, client, tls));
+        let from = parent.span().span_context().clone();
+        let sampled = if from.is_valid() {
+            from.is_sampled()
+        } else {
+            rand::random::<f64>() < f64::from_bits(ROOT_RATE.load(Ordering::Relaxed))
+        };
+        if !sampled {
+            let trace_id = if from.is_valid() {
+                from.trace_id()
+            } else {
+                TraceId::from(rand::random::<u128>() | 1)
+            };
+            return Some(RequestSpan {
+                pipeline: Arc::clone(pipeline),
+                cx: unsampled(&parent, trace_id, from.trace_state()),
+                recording: false,
+            });
         }
+        let tracer = pipeline.tracer();
+        let cx = parent.with_span(
+            tracer
+                .span_builder(req.method().as_str().to_string())
+                .with_kind(SpanKind::Server)
+                .with_attributes(request_attributes(req, client, tls))
+                .start_with_context(tracer, &parent),
+        );
         Some(RequestSpan {
             pipeline: Arc::clone(pipeline),
             cx,
-            recording,
+            recording: true,
         })
     }
 
@@ -147,20 +176,24 @@ impl RequestSpan {
         kind: SpanKind,
         describe: impl FnOnce() -> (String, Vec<KeyValue>),
     ) -> ChildSpan {
-        let tracer = self.pipeline.tracer();
-        let span = if self.recording {
+        let cx = if self.recording {
+            let tracer = self.pipeline.tracer();
             let (name, attributes) = describe();
-            tracer
-                .span_builder(name)
-                .with_kind(kind)
-                .with_attributes(attributes)
-                .start_with_context(tracer, &self.cx)
+            self.cx.with_span(
+                tracer
+                    .span_builder(name)
+                    .with_kind(kind)
+                    .with_attributes(attributes)
+                    .start_with_context(tracer, &self.cx),
+            )
         } else {
-            tracer.start_with_context("", &self.cx)
+            let span = self.cx.span();
+            let sc = span.span_context();
+            unsampled(&self.cx, sc.trace_id(), sc.trace_state())
         };
         ChildSpan {
             pipeline: Arc::clone(&self.pipeline),
-            cx: self.cx.with_span(span),
+            cx,
             recording: self.recording,
         }
     }
@@ -279,6 +312,18 @@ fn protocol_version(v: http::Version) -> &'static str {
         http::Version::HTTP_3 => "3",
         _ => "1.1",
     }
+}
+
+/// The context of an unsampled span: a new span id in `trace_id`, not
+/// sampled, the trace state kept; nothing is recorded for it.
+fn unsampled(parent: &Context, trace_id: TraceId, state: &TraceState) -> Context {
+    parent.with_remote_span_context(SpanContext::new(
+        trace_id,
+        SpanId::from(rand::random::<u64>() | 1),
+        TraceFlags::default(),
+        false,
+        state.clone(),
+    ))
 }
 
 fn request_attributes<B>(

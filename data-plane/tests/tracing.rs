@@ -330,6 +330,30 @@ async fn the_sampling_rate_decides_new_traces_and_a_parent_decides_its_own() {
     assert!(unsampled.ends_with("-00"), "{unsampled}");
     let unsampled_trace = unsampled.split('-').nth(1).unwrap().to_string();
 
+    // An unsampled parent: its trace and decision go on upstream, with
+    // this proxy's span id, and nothing is exported.
+    let quiet = trace_id();
+    let r = c
+        .get(format!("http://127.0.0.1:{port}/quiet"))
+        .header(
+            "traceparent",
+            traceparent(&quiet, "00f067aa0ba902b7", false),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let passed = backend.last_headers.lock().unwrap()["traceparent"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(passed.starts_with(&format!("00-{quiet}-")), "{passed}");
+    assert!(passed.ends_with("-00"), "{passed}");
+    assert!(
+        !passed.contains("00f067aa0ba902b7"),
+        "a new span id: {passed}"
+    );
+
     // A sampled parent: sampled, whatever the rate.
     let trace = trace_id();
     let r = c
@@ -347,7 +371,9 @@ async fn the_sampling_rate_decides_new_traces_and_a_parent_decides_its_own() {
     // Unsampled spans never enter the export queue: by the time a later
     // sampled one arrived, an exported unsampled one would be here.
     assert!(
-        spans.iter().all(|s| s.trace_id != unsampled_trace),
+        spans
+            .iter()
+            .all(|s| s.trace_id != unsampled_trace && s.trace_id != quiet),
         "an unsampled trace was exported"
     );
 }

@@ -21,9 +21,10 @@ use std::time::Duration;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use opentelemetry::propagation::text_map_propagator::FieldIter;
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
-pub use opentelemetry::trace::{Span, SpanKind, Status, TraceContextExt, Tracer};
-use opentelemetry::trace::{
-    SpanContext, SpanId, TraceFlags, TraceId, TraceState, TracerProvider as _,
+use opentelemetry::trace::TracerProvider as _;
+pub use opentelemetry::trace::{
+    Span, SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags, TraceId, TraceState,
+    Tracer,
 };
 pub use opentelemetry::{Context, KeyValue};
 use opentelemetry_otlp::WithExportConfig;
@@ -174,7 +175,7 @@ impl Pipeline {
     /// of the configured propagation they carried.
     pub fn inject(&self, cx: &Context, headers: &mut HeaderMap) {
         match self.settings.propagation {
-            Propagation::W3c => inject_with(&TraceContextPropagator::new(), cx, headers),
+            Propagation::W3c => inject_w3c(cx, headers),
             Propagation::B3 => {
                 headers.remove("b3");
                 inject_with(&B3, cx, headers);
@@ -209,19 +210,54 @@ fn inject_with(p: &dyn TextMapPropagator, cx: &Context, headers: &mut HeaderMap)
     p.inject_context(cx, &mut HeaderInjector(headers));
 }
 
+/// W3C Trace Context without the propagator's string formatting (this
+/// runs once per proxied request): `traceparent` from a stack buffer, and
+/// `tracestate` when there is one.
+fn inject_w3c(cx: &Context, headers: &mut HeaderMap) {
+    headers.remove("tracestate");
+    let span = cx.span();
+    let sc = span.span_context();
+    if !sc.is_valid() {
+        headers.remove("traceparent");
+        return;
+    }
+    let buf = traceparent_bytes(sc);
+    if let Ok(v) = HeaderValue::from_bytes(&buf) {
+        headers.insert(http::header::HeaderName::from_static("traceparent"), v);
+    }
+    let state = sc.trace_state().header();
+    if !state.is_empty()
+        && let Ok(v) = HeaderValue::from_str(&state)
+    {
+        headers.insert(http::header::HeaderName::from_static("tracestate"), v);
+    }
+}
+
+/// `00-{trace id}-{span id}-{flags}` (55 bytes).
+fn traceparent_bytes(sc: &SpanContext) -> [u8; 55] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [b'-'; 55];
+    out[0] = b'0';
+    out[1] = b'0';
+    let mut put = |at: usize, bytes: &[u8]| {
+        for (i, b) in bytes.iter().enumerate() {
+            out[at + 2 * i] = HEX[usize::from(b >> 4)];
+            out[at + 2 * i + 1] = HEX[usize::from(b & 0x0f)];
+        }
+    };
+    put(3, &sc.trace_id().to_bytes());
+    put(36, &sc.span_id().to_bytes());
+    put(53, &[sc.trace_flags().to_u8()]);
+    out
+}
+
 /// `cx` as a W3C `traceparent` value (the form the control plane's stream
 /// carries), `None` when it holds no valid span.
 pub fn traceparent(cx: &Context) -> Option<String> {
     let span = cx.span();
     let sc = span.span_context();
-    sc.is_valid().then(|| {
-        format!(
-            "00-{}-{}-{:02x}",
-            sc.trace_id(),
-            sc.span_id(),
-            sc.trace_flags().to_u8()
-        )
-    })
+    sc.is_valid()
+        .then(|| String::from_utf8_lossy(&traceparent_bytes(sc)).into_owned())
 }
 
 /// The remote parent a `traceparent` value names (an empty context when it
@@ -527,6 +563,28 @@ mod tests {
         assert!(tp.ends_with("-01"), "sampled, as the parent: {tp}");
         assert_eq!(out["tracestate"], "vendor=x");
         assert_eq!(traceparent(&cx).as_deref(), Some(tp));
+    }
+
+    #[test]
+    fn the_traceparent_writer_matches_the_format() {
+        for (t, sp, f) in [
+            (1u128, 1u64, 0u8),
+            (u128::MAX, u64::MAX, 1),
+            (0x4bf92f3577b34da6a3ce929d0e0e4736, 0x00f067aa0ba902b7, 1),
+        ] {
+            let sc = SpanContext::new(
+                TraceId::from(t),
+                SpanId::from(sp),
+                TraceFlags::new(f),
+                true,
+                TraceState::default(),
+            );
+            let cx = Context::new().with_remote_span_context(sc);
+            assert_eq!(
+                traceparent(&cx).unwrap(),
+                format!("00-{t:032x}-{sp:016x}-{f:02x}")
+            );
+        }
     }
 
     #[tokio::test]
