@@ -25,24 +25,12 @@ NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 echo "==> building release binaries"
 cargo build --release --locked -q -p sentinel -p sentinel-tests
 
-work=$(mktemp -d)
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
+bench_cleanup_extra() {
     [[ -f $work/nginx.pid ]] && kill "$(cat "$work/nginx.pid")" 2>/dev/null || true
-    rm -rf "$work"
 }
-trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() {
-    for _ in $(seq 100); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-        sleep 0.05
-    done
-    echo "port $1 never opened" >&2
-    return 1
-}
 
 backend_port=$(free_port)
 sentinel_port=$(free_port)
@@ -132,13 +120,6 @@ run() {
     printf "%-10s %12s %10s %10s %10s\n" "$name" "$R_RPS" "$R_P50" "$R_P99" "$R_RSS"
 }
 
-to_ms() {  # wrk latency (e.g. 512.00us, 1.20ms, 1.1s) -> ms
-    awk -v v="$1" 'BEGIN {
-        if (v ~ /us$/) { sub(/us$/, "", v); print v / 1000 }
-        else if (v ~ /ms$/) { sub(/ms$/, "", v); print v }
-        else if (v ~ /s$/) { sub(/s$/, "", v); print v * 1000 }
-        else print v }'
-}
 
 echo "==> wrk -t$WRK_THREADS -c$CONNECTIONS -d${DURATION}s, keep-alive, $ROUNDS alternating rounds; proxies with $WORKERS worker(s); $(nproc) cores shared by all"
 printf "%-10s %12s %10s %10s %10s\n" "target" "req/s" "p50" "p99" "proxy RSS"
@@ -152,7 +133,6 @@ for round in $(seq "$ROUNDS"); do
     n_rps_all+=("$R_RPS"); n_p50_all+=("$(to_ms "$R_P50")"); n_p99_all+=("$(to_ms "$R_P99")"); n_rss=$R_RSS
 done
 
-median() { printf "%s\n" "$@" | sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
 s_rps=$(median "${s_rps_all[@]}"); n_rps=$(median "${n_rps_all[@]}")
 s_p50=$(median "${s_p50_all[@]}"); n_p50=$(median "${n_p50_all[@]}")
 s_p99=$(median "${s_p99_all[@]}"); n_p99=$(median "${n_p99_all[@]}")

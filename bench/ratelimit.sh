@@ -29,23 +29,9 @@ echo "==> building release binaries"
 cargo build --release --locked -q -p sentinel --bin sentinel
 cargo build --release --locked -q -p sentinel-tests --bin sentinel-bench-backend
 
-work=$(mktemp -d)
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    rm -rf "$work"
-}
-trap cleanup EXIT
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() {
-    for _ in $(seq 200); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-        sleep 0.05
-    done
-    echo "port $1 never opened" >&2
-    return 1
-}
 redis() {  # redis PORT [extra args]: a throwaway redis-server
     local port=$1; shift
     mkdir -p "$work/redis-$port"
@@ -122,13 +108,6 @@ LUA
 script=()
 [[ $KEY == header:* ]] && script=(-s "$work/keys.lua")
 
-to_ms() {
-    awk -v v="$1" 'BEGIN {
-        if (v ~ /us$/) { sub(/us$/, "", v); print v / 1000 }
-        else if (v ~ /ms$/) { sub(/ms$/, "", v); print v }
-        else if (v ~ /s$/) { sub(/s$/, "", v); print v * 1000 }
-        else print v }'
-}
 # measure NAME -> prints a row; sets M_RPS M_P99 F_P99
 measure() {
     local name=$1 url="http://127.0.0.1:$sentinel_port/$1"

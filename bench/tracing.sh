@@ -35,23 +35,9 @@ echo "==> building release binaries"
 cargo build --release --locked -q -p sentinel --bin sentinel
 cargo build --release --locked -q -p sentinel-tests --bin sentinel-bench-backend --bin sentinel-otlp-sink
 
-work=$(mktemp -d)
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    rm -rf "$work"
-}
-trap cleanup EXIT
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() {
-    for _ in $(seq 200); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-        sleep 0.05
-    done
-    echo "port $1 never opened" >&2
-    return 1
-}
 
 backend_port=$(free_port)
 sink_port=$(free_port)
@@ -108,13 +94,6 @@ cat >"$work/paced.lua" <<LUA
 function delay() return $RATE_DELAY_MS end
 LUA
 
-to_ms() {
-    awk -v v="$1" 'BEGIN {
-        if (v ~ /us$/) { sub(/us$/, "", v); print v / 1000 }
-        else if (v ~ /ms$/) { sub(/ms$/, "", v); print v }
-        else if (v ~ /s$/) { sub(/s$/, "", v); print v * 1000 }
-        else print v }'
-}
 measure() {
     local name=$1 url="http://127.0.0.1:${port[$1]}/"
     wrk -t1 -c"$CONNECTIONS" -d2s "$url" >/dev/null
@@ -129,7 +108,6 @@ measure() {
     [[ -n $errors ]] && echo "   $name: $errors"
     printf "%-10s %12s %12s %12s %12s\n" "$name" "$M_RPS" "${M_P99}ms" "${F_P50}ms" "${F_P99}ms"
 }
-median() { printf "%s\n" "$@" | sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
 
 echo "==> saturation: wrk -t1 -c$CONNECTIONS -d${DURATION}s; fixed rate: $RATE_CONNECTIONS connections, one request per ${RATE_DELAY_MS} ms each; $ROUNDS alternating rounds; each proxy $WORKERS worker(s); $(nproc) cores shared by all"
 printf "%-10s %12s %12s %12s %12s\n" "tracing" "sat req/s" "sat p99" "paced p50" "paced p99"
