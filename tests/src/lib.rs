@@ -327,7 +327,36 @@ pub fn join_request<T>(message: T) -> tonic::Request<T> {
     request
 }
 
+/// Writes `text` to `dir/name` and returns the path.
+pub fn write_file(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).expect("write a test file");
+    p
+}
+
 impl ControlPlane {
+    /// Runs `sentinelctl` against this control plane with its admin token,
+    /// reading no config file and neither a token nor an OTLP endpoint from
+    /// the environment: (exit code, stdout, stderr).
+    pub fn ctl(&self, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new(workspace_bin("sentinelctl"))
+            .arg("--server")
+            .arg(self.url())
+            .arg("--token")
+            .arg(&self.token)
+            .args(args)
+            .env("SENTINELCTL_CONFIG", "/nonexistent")
+            .env_remove("SENTINEL_TOKEN")
+            .env_remove("SENTINEL_OTLP_ENDPOINT")
+            .output()
+            .expect("run sentinelctl");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into(),
+            String::from_utf8_lossy(&out.stderr).into(),
+        )
+    }
+
     /// Starts `bin` on `database_url` (empty: SQLite in a temp dir) and
     /// waits for `/healthz`.
     pub async fn start(bin: &Path, database_url: &str, extra: &[&str]) -> ControlPlane {
@@ -504,6 +533,21 @@ pub struct Proxy {
 }
 
 impl Proxy {
+    /// The `X-Config` response header of `GET /` through this proxy (the
+    /// version the test configs' routes set), whatever the status; `None`
+    /// when it does not answer or sets none.
+    pub async fn served(&self) -> Option<String> {
+        let r = http()
+            .get(format!("http://{}/", self.http))
+            .send()
+            .await
+            .ok()?;
+        r.headers()
+            .get("x-config")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    }
+
     /// Starts a proxy connected to `control_planes` (comma-joined URLs).
     /// Its listener address is given to the config as `SENTINEL_HTTP_ADDR`;
     /// it joins with [`JOIN_TOKEN`] unless `env` sets `SENTINEL_JOIN_TOKEN`.

@@ -47,23 +47,10 @@ async fn apply(cp: &ControlPlane, version: u32, backend: SocketAddr, extra: &str
     assert_eq!(status, 201, "{body}");
 }
 
-async fn served(p: &Proxy) -> Option<String> {
-    let r = http()
-        .get(format!("http://{}/", p.http))
-        .send()
-        .await
-        .ok()?;
-    r.headers()
-        .get("x-config")?
-        .to_str()
-        .ok()
-        .map(str::to_string)
-}
-
 async fn converge(proxies: &[&Proxy], version: &str) {
     for p in proxies {
         let ok = wait_for(WAIT, || async {
-            served(p).await.as_deref() == Some(version)
+            p.served().await.as_deref() == Some(version)
         })
         .await;
         assert!(ok, "{} never served {version}\n{}", p.name, p.logs());
@@ -232,7 +219,7 @@ async fn the_console_follows_the_fleet_and_rolls_it_back() {
         b.source().await
     );
     assert_eq!(
-        served(&us1).await.as_deref(),
+        us1.served().await.as_deref(),
         Some("v1"),
         "outside the canary"
     );

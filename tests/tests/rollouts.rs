@@ -15,7 +15,6 @@
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -23,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use sentinel_tests::{
     ControlPlane, DemoBackend, Postgres, Proxy, free_port, http, wait_for, workspace_bin,
+    write_file,
 };
 use serde_json::{Value, json};
 
@@ -52,18 +52,6 @@ impl Fleet {
     fn get(&self, name: &str) -> &Proxy {
         self.proxies.iter().find(|p| p.name == name).unwrap()
     }
-}
-
-async fn served(p: &Proxy) -> Option<String> {
-    let r = http()
-        .get(format!("http://{}/", p.http))
-        .send()
-        .await
-        .ok()?;
-    r.headers()
-        .get("x-config")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
 }
 
 async fn admin_config(p: &Proxy) -> Value {
@@ -152,30 +140,6 @@ fn config(version: u32, backend: SocketAddr, extra: &str) -> String {
 fn dead_config(version: u32) -> String {
     let dead = format!("127.0.0.1:{}", free_port());
     config(version, dead.parse().unwrap(), "")
-}
-
-fn ctl(cp: &ControlPlane, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(workspace_bin("sentinelctl"))
-        .arg("--server")
-        .arg(cp.url())
-        .arg("--token")
-        .arg(&cp.token)
-        .args(args)
-        .env("SENTINELCTL_CONFIG", "/nonexistent")
-        .env_remove("SENTINEL_TOKEN")
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
-}
-
-fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
-    let p = dir.join(name);
-    std::fs::write(&p, text).unwrap();
-    p
 }
 
 /// Sends requests to every proxy until dropped (the gates judge traffic).
@@ -291,25 +255,22 @@ async fn a_nack_in_the_canary_fails_the_rollout_and_nobody_else_receives_it() {
 
     // `apply --wait` exits 1 naming the gate (and the node).
     let dir = tempfile::tempdir().unwrap();
-    let v3 = write(dir.path(), "v3.kdl", &config(3, backend.addr, extra));
-    let (code, out, err) = ctl(
-        &cp,
-        &[
-            "apply",
-            v3.to_str().unwrap(),
-            "--canary",
-            "eu",
-            "--bake",
-            "1s",
-            "--wait=30s",
-        ],
-    );
+    let v3 = write_file(dir.path(), "v3.kdl", &config(3, backend.addr, extra));
+    let (code, out, err) = cp.ctl(&[
+        "apply",
+        v3.to_str().unwrap(),
+        "--canary",
+        "eu",
+        "--bake",
+        "1s",
+        "--wait=30s",
+    ]);
     assert_eq!(code, 1, "{out}\n{err}");
     assert!(
         err.contains("failed at the `ack` gate (node eu-1)") && err.contains("cannot bind"),
         "{err}"
     );
-    let (code, out, _) = ctl(&cp, &["rollout", "status"]);
+    let (code, out, _) = cp.ctl(&["rollout", "status"]);
     assert_eq!(code, 0);
     assert!(out.contains("failed") && out.contains("eu-1"), "{out}");
     converge(&all, 1, Duration::from_secs(10)).await;
@@ -360,7 +321,7 @@ async fn a_5xx_surge_fails_the_error_rate_gate_and_the_canary_rolls_back() {
         }
         assert_eq!(h.last(), Some(&1));
     }
-    assert_eq!(served(fleet.get(&canary[0])).await.as_deref(), Some("v1"));
+    assert_eq!(fleet.get(&canary[0]).served().await.as_deref(), Some("v1"));
     assert!(
         detected < Duration::from_secs(10),
         "the error-rate gate took {detected:?}"
@@ -382,7 +343,7 @@ async fn a_good_config_reaches_the_fleet_in_three_stages_with_wait_showing_each(
     let all: Vec<&Proxy> = fleet.proxies.iter().collect();
     assert_eq!(apply(&cp, &config(1, backend.addr, ""), None).await.0, 201);
     converge(&all, 1, Duration::from_secs(20)).await;
-    let v2 = write(dir.path(), "v2.kdl", &config(2, backend.addr, ""));
+    let v2 = write_file(dir.path(), "v2.kdl", &config(2, backend.addr, ""));
     let started = Instant::now();
     // Measures when the whole fleet runs v2, beside the CLI.
     let admins: Vec<SocketAddr> = fleet.proxies.iter().map(|p| p.admin).collect();
@@ -650,19 +611,16 @@ async fn operators_pause_resume_promote_abort_and_roll_back_from_the_cli() {
     let all: Vec<&Proxy> = fleet.proxies.iter().collect();
     assert_eq!(apply(&cp, &config(1, backend.addr, ""), None).await.0, 201);
     converge(&all, 1, Duration::from_secs(20)).await;
-    let v2 = write(dir.path(), "v2.kdl", &config(2, backend.addr, ""));
-    let v3 = write(dir.path(), "v3.kdl", &config(3, backend.addr, ""));
-    let (code, out, err) = ctl(
-        &cp,
-        &[
-            "apply",
-            v2.to_str().unwrap(),
-            "--canary",
-            "eu",
-            "--bake",
-            "10m",
-        ],
-    );
+    let v2 = write_file(dir.path(), "v2.kdl", &config(2, backend.addr, ""));
+    let v3 = write_file(dir.path(), "v3.kdl", &config(3, backend.addr, ""));
+    let (code, out, err) = cp.ctl(&[
+        "apply",
+        v2.to_str().unwrap(),
+        "--canary",
+        "eu",
+        "--bake",
+        "10m",
+    ]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("rollout 1 started"), "{out}");
     converge(
@@ -673,7 +631,7 @@ async fn operators_pause_resume_promote_abort_and_roll_back_from_the_cli() {
     .await;
 
     // A second apply is refused, naming the rollout.
-    let (code, _, err) = ctl(&cp, &["apply", v3.to_str().unwrap()]);
+    let (code, _, err) = cp.ctl(&["apply", v3.to_str().unwrap()]);
     assert_eq!(code, 1);
     assert!(err.contains("rollout 1 is running"), "{err}");
     let (status, body) = apply(&cp, &config(3, backend.addr, ""), None).await;
@@ -683,43 +641,40 @@ async fn operators_pause_resume_promote_abort_and_roll_back_from_the_cli() {
         "{body}"
     );
 
-    let (code, out, _) = ctl(&cp, &["rollout", "pause"]);
+    let (code, out, _) = cp.ctl(&["rollout", "pause"]);
     assert_eq!(code, 0);
     assert!(out.contains("paused"), "{out}");
-    let (code, _, err) = ctl(&cp, &["rollout", "pause", "1"]);
+    let (code, _, err) = cp.ctl(&["rollout", "pause", "1"]);
     assert_eq!(code, 1, "pausing twice is refused");
     assert!(err.contains("is paused"), "{err}");
-    let (code, out, _) = ctl(&cp, &["rollout", "resume", "1"]);
+    let (code, out, _) = cp.ctl(&["rollout", "resume", "1"]);
     assert_eq!((code, out.contains("running")), (0, true), "{out}");
     // Promote skips the 10-minute bake: stage 2 (`*`) admits everyone.
-    let (code, out, _) = ctl(&cp, &["rollout", "promote"]);
+    let (code, out, _) = cp.ctl(&["rollout", "promote"]);
     assert_eq!(code, 0, "{out}");
     converge(&all, 2, Duration::from_secs(10)).await;
-    let (code, out, _) = ctl(&cp, &["rollout", "status"]);
+    let (code, out, _) = cp.ctl(&["rollout", "status"]);
     assert_eq!(code, 0);
     assert!(
         out.contains("rollout 1: running") && out.contains("eu-1"),
         "{out}"
     );
     // Abort: everyone returns to v1, v2 never became active.
-    let (code, out, _) = ctl(&cp, &["rollout", "abort"]);
+    let (code, out, _) = cp.ctl(&["rollout", "abort"]);
     assert_eq!((code, out.contains("aborted")), (0, true), "{out}");
     converge(&all, 1, Duration::from_secs(10)).await;
     let (_, active) = api(&cp, "GET", "/v1/configs/active", None).await;
     assert_eq!(active["version"]["number"], 1);
 
     // A manual rollback during a rollout aborts it cleanly.
-    let (code, out, err) = ctl(
-        &cp,
-        &[
-            "apply",
-            v3.to_str().unwrap(),
-            "--canary",
-            "us",
-            "--bake",
-            "10m",
-        ],
-    );
+    let (code, out, err) = cp.ctl(&[
+        "apply",
+        v3.to_str().unwrap(),
+        "--canary",
+        "us",
+        "--bake",
+        "10m",
+    ]);
     assert_eq!(code, 0, "{out}{err}");
     converge(
         &[fleet.get("us-1"), fleet.get("us-2")],
@@ -727,7 +682,7 @@ async fn operators_pause_resume_promote_abort_and_roll_back_from_the_cli() {
         Duration::from_secs(10),
     )
     .await;
-    let (code, out, err) = ctl(&cp, &["rollback"]);
+    let (code, out, err) = cp.ctl(&["rollback"]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("from v3 to v1"), "{out}");
     converge(&all, 1, Duration::from_secs(10)).await;
@@ -740,7 +695,7 @@ async fn operators_pause_resume_promote_abort_and_roll_back_from_the_cli() {
             .contains("manual rollback"),
         "{list}"
     );
-    let (code, out, _) = ctl(&cp, &["rollout", "list"]);
+    let (code, out, _) = cp.ctl(&["rollout", "list"]);
     assert_eq!(code, 0);
     assert!(out.contains("aborted"), "{out}");
 
@@ -754,18 +709,15 @@ async fn operators_pause_resume_promote_abort_and_roll_back_from_the_cli() {
         .unwrap()
         .clone();
     assert_eq!(ap2["labels"], json!({"tier": "canary", "rack": "r7"}));
-    let v4 = write(dir.path(), "v4.kdl", &config(4, backend.addr, ""));
-    let (code, out, err) = ctl(
-        &cp,
-        &[
-            "apply",
-            v4.to_str().unwrap(),
-            "--stages",
-            "label:tier=canary,*",
-            "--bake",
-            "10m",
-        ],
-    );
+    let v4 = write_file(dir.path(), "v4.kdl", &config(4, backend.addr, ""));
+    let (code, out, err) = cp.ctl(&[
+        "apply",
+        v4.to_str().unwrap(),
+        "--stages",
+        "label:tier=canary,*",
+        "--bake",
+        "10m",
+    ]);
     assert_eq!(code, 0, "{out}{err}");
     converge(&[fleet.get("ap-2")], 4, Duration::from_secs(10)).await;
     let (_, list) = api(&cp, "GET", "/v1/rollouts", None).await;
@@ -779,7 +731,7 @@ async fn operators_pause_resume_promote_abort_and_roll_back_from_the_cli() {
             assert_eq!(running(p).await, Some(1), "{}", p.name);
         }
     }
-    let (code, _, _) = ctl(&cp, &["rollout", "abort", &id.to_string()]);
+    let (code, _, _) = cp.ctl(&["rollout", "abort", &id.to_string()]);
     assert_eq!(code, 0);
     converge(&all, 1, Duration::from_secs(10)).await;
 }

@@ -6,12 +6,11 @@
 //! still shows each node's way to the version.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use sentinel_tests::otlp::{Collector, Span};
-use sentinel_tests::{ControlPlane, DemoBackend, Proxy, http, wait_for, workspace_bin};
+use sentinel_tests::{ControlPlane, DemoBackend, Proxy, http, wait_for, workspace_bin, write_file};
 use serde_json::Value;
 
 fn bins() -> (PathBuf, PathBuf, PathBuf) {
@@ -48,31 +47,6 @@ routes {{
     )
 }
 
-fn ctl(cp: &ControlPlane, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(workspace_bin("sentinelctl"))
-        .arg("--server")
-        .arg(cp.url())
-        .arg("--token")
-        .arg(&cp.token)
-        .args(args)
-        .env("SENTINELCTL_CONFIG", "/nonexistent")
-        .env_remove("SENTINEL_TOKEN")
-        .env_remove("SENTINEL_OTLP_ENDPOINT")
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
-}
-
-fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
-    let p = dir.join(name);
-    std::fs::write(&p, text).unwrap();
-    p
-}
-
 /// The id `sentinelctl apply --wait` printed (`trace <32 hex>`).
 fn printed_trace_id(stdout: &str) -> String {
     let id = stdout
@@ -86,18 +60,6 @@ fn printed_trace_id(stdout: &str) -> String {
         "{id}"
     );
     id
-}
-
-async fn served(p: &Proxy) -> Option<String> {
-    let r = http()
-        .get(format!("http://{}/", p.http))
-        .send()
-        .await
-        .ok()?;
-    r.headers()
-        .get("x-config")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
 }
 
 fn named<'a>(spans: &'a [Span], name: &str) -> Vec<&'a Span> {
@@ -138,21 +100,18 @@ async fn one_apply_is_one_trace_with_every_proxy_and_a_nack_is_an_error_span() {
 
     // Version 1 turns tracing on: its own arrival is traced (the pipeline
     // current after the swap records the spans).
-    let v1 = write(
+    let v1 = write_file(
         dir.path(),
         "v1.kdl",
         &config(1, backend.addr, Some(&endpoint), ""),
     );
-    let (code, out, err) = ctl(
-        &cp,
-        &[
-            "apply",
-            v1.to_str().unwrap(),
-            "--wait=30s",
-            "--otlp-endpoint",
-            &endpoint,
-        ],
-    );
+    let (code, out, err) = cp.ctl(&[
+        "apply",
+        v1.to_str().unwrap(),
+        "--wait=30s",
+        "--otlp-endpoint",
+        &endpoint,
+    ]);
     assert_eq!(code, 0, "{out}\n{err}\n{}", cp.logs());
     let trace_id = printed_trace_id(&out);
     let want = |spans: &[Span]| {
@@ -247,12 +206,12 @@ async fn one_apply_is_one_trace_with_every_proxy_and_a_nack_is_an_error_span() {
     // Version 2 adds a listener us-1 cannot bind: its NACK is an error span
     // with the reason, and so is the CP's push to it.
     let extra = "    listener \"extra\" { address \"${EXTRA_ADDR:-127.0.0.1:0}\"; }";
-    let v2 = write(
+    let v2 = write_file(
         dir.path(),
         "v2.kdl",
         &config(2, backend.addr, Some(&endpoint), extra),
     );
-    let (code, out, err) = ctl(&cp, &["apply", v2.to_str().unwrap(), "--wait=3s"]);
+    let (code, out, err) = cp.ctl(&["apply", v2.to_str().unwrap(), "--wait=3s"]);
     assert_ne!(code, 0, "us-1 refuses version 2: {out}\n{err}");
     let trace2 = printed_trace_id(&out);
     assert_ne!(trace2, trace_id, "each change is its own trace");
@@ -293,7 +252,7 @@ async fn one_apply_is_one_trace_with_every_proxy_and_a_nack_is_an_error_span() {
         })
         .unwrap();
     assert!(push.status_message.contains("cannot bind"), "{push:?}");
-    assert_eq!(served(&proxies[2]).await.as_deref(), Some("v1"));
+    assert_eq!(proxies[2].served().await.as_deref(), Some("v1"));
 
     // The same pipeline traces proxied requests in control-plane mode: a
     // request with a parent is a server span of that trace, from its proxy.
@@ -346,8 +305,8 @@ async fn sentinelctl_trace_shows_every_node_without_any_collector() {
         })
         .collect();
     let dir = tempfile::tempdir().unwrap();
-    let v1 = write(dir.path(), "v1.kdl", &config(1, backend.addr, None, ""));
-    let (code, out, err) = ctl(&cp, &["apply", v1.to_str().unwrap(), "--wait=30s"]);
+    let v1 = write_file(dir.path(), "v1.kdl", &config(1, backend.addr, None, ""));
+    let (code, out, err) = cp.ctl(&["apply", v1.to_str().unwrap(), "--wait=30s"]);
     assert_eq!(code, 0, "{out}\n{err}");
     let trace_id = printed_trace_id(&out);
 
@@ -356,7 +315,7 @@ async fn sentinelctl_trace_shows_every_node_without_any_collector() {
     let rows = |v: &Value| v["nodes"].as_array().map_or(0, Vec::len);
     let mut json = Value::Null;
     let complete = wait_for(Duration::from_secs(10), || {
-        let (code, out, _) = ctl(&cp, &["trace", "1", "-o", "json"]);
+        let (code, out, _) = cp.ctl(&["trace", "1", "-o", "json"]);
         json = serde_json::from_str(&out).unwrap_or(Value::Null);
         let done = code == 0 && rows(&json) == 3;
         async move { done }
@@ -395,7 +354,7 @@ async fn sentinelctl_trace_shows_every_node_without_any_collector() {
         );
         assert_eq!(row["total_ms"].as_i64().unwrap(), answered - pushed);
     }
-    let (code, table, _) = ctl(&cp, &["trace", "1"]);
+    let (code, table, _) = cp.ctl(&["trace", "1"]);
     assert_eq!(code, 0);
     assert!(table.contains(&trace_id), "{table}");
     for (node, _) in NODES {
@@ -409,11 +368,11 @@ async fn sentinelctl_trace_shows_every_node_without_any_collector() {
 
     // A NACK is a row with its reason; nothing swapped.
     let extra = "    listener \"extra\" { address \"${EXTRA_ADDR:-127.0.0.1:0}\"; }";
-    let v2 = write(dir.path(), "v2.kdl", &config(2, backend.addr, None, extra));
-    ctl(&cp, &["apply", v2.to_str().unwrap()]);
+    let v2 = write_file(dir.path(), "v2.kdl", &config(2, backend.addr, None, extra));
+    cp.ctl(&["apply", v2.to_str().unwrap()]);
     let mut json = Value::Null;
     let nacked = wait_for(Duration::from_secs(15), || {
-        let (_, out, _) = ctl(&cp, &["trace", "2", "-o", "json"]);
+        let (_, out, _) = cp.ctl(&["trace", "2", "-o", "json"]);
         json = serde_json::from_str(&out).unwrap_or(Value::Null);
         let done = json["nodes"]
             .as_array()
@@ -436,7 +395,7 @@ async fn sentinelctl_trace_shows_every_node_without_any_collector() {
     assert!(row["swapped_unix_ms"].is_null(), "{row}");
     assert!(row["received_unix_ms"].is_i64(), "{row}");
     // An unknown version is a clear 404, not an empty timeline.
-    let (code, _, err) = ctl(&cp, &["trace", "99"]);
+    let (code, _, err) = cp.ctl(&["trace", "99"]);
     assert_eq!(code, 1);
     assert!(err.contains("version 99 does not exist"), "{err}");
     drop(taken);
