@@ -326,7 +326,15 @@ async fn sigterm_closes_streams_and_exits_zero() {
     let mut s = connect(cp.grpc_url(), "p-term", vec![]).await;
     let r = s.next(Duration::from_secs(5)).await.unwrap();
     s.ack(&r).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The ACK is recorded before the signal: the shutdown meets a settled stream.
+    assert!(
+        wait_for(Duration::from_secs(5), || async {
+            nodes(&cp).await["nodes"][0]["acked_version"] == 1
+        })
+        .await,
+        "the ACK is recorded: {}",
+        nodes(&cp).await
+    );
     let code = tokio::task::spawn_blocking(move || {
         let code = cp.terminate();
         (code, cp)
