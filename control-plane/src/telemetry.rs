@@ -113,11 +113,6 @@ pub fn init(tracing: &Tracing) -> Result<Arc<Pipeline>, String> {
     Ok(pipeline)
 }
 
-/// Logging alone (commands that serve nothing, tests).
-pub fn init_logging() {
-    logging::init(LogSettings::default(), None);
-}
-
 /// Parents `span` on the W3C `traceparent` header of a request (a config
 /// change `sentinelctl` started). A missing or malformed header leaves the
 /// span the root of a new trace; it is never an error.
