@@ -30,6 +30,7 @@ use tokio::sync::{Notify, watch};
 
 use crate::proxy::{self, ConnInfo, Shared};
 use crate::runtime::{BuildError, ListenerSpec, Runtime};
+use crate::workers;
 
 struct Running {
     name: String,
@@ -85,9 +86,10 @@ impl Drop for ConnGuard {
     }
 }
 
-/// Sockets bound by `prepare`, waiting for `commit`.
+/// Sockets bound by `prepare`, waiting for `commit`: one per worker for
+/// each new listener.
 pub struct Plan {
-    bound: Vec<(ListenerSpec, TcpListener)>,
+    bound: Vec<(ListenerSpec, Vec<std::net::TcpListener>)>,
 }
 
 pub struct Listeners {
@@ -97,20 +99,49 @@ pub struct Listeners {
     shutdown: watch::Sender<bool>,
 }
 
-fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+/// Binds `addr` once per worker. With more than one worker the sockets
+/// share the port with `SO_REUSEPORT` and the kernel spreads connections
+/// over them; port 0 resolves once and the others bind the same port.
+/// Registered with a reactor only by the worker that accepts on it.
+///
+/// `SO_REUSEPORT` would also let this group join a port another process
+/// of the same user already listens on with the option, and split its
+/// traffic. So the first bind is a probe without the option: a port held
+/// by anyone fails here, as it did before there were several workers.
+fn bind(addr: SocketAddr, workers: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+    let workers = workers.max(1);
+    let mut addr = addr;
+    if workers > 1 {
+        let probe = socket(addr, false)?;
+        addr = probe.local_addr()?;
+    }
+    let mut sockets = Vec::with_capacity(workers);
+    for _ in 0..workers {
+        let socket = socket(addr, workers > 1)?;
+        addr = socket.local_addr()?;
+        sockets.push(socket);
+    }
+    Ok(sockets)
+}
+
+/// One bound, listening, non-blocking socket.
+fn socket(addr: SocketAddr, reuse_port: bool) -> std::io::Result<std::net::TcpListener> {
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(addr),
         socket2::Type::STREAM,
         None,
     )?;
     socket.set_reuse_address(true)?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
     }
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(4096)?;
-    TcpListener::from_std(socket.into())
+    Ok(socket.into())
 }
 
 impl Listeners {
@@ -135,7 +166,7 @@ impl Listeners {
             }
             // A listener moving to an address another listener holds now
             // reuses nothing: the old one is drained only after commit.
-            let listener = bind(spec.addr).map_err(|e| {
+            let listener = bind(spec.addr, workers::count()).map_err(|e| {
                 BuildError::new(
                     pb::ResourceType::Listener,
                     &spec.name,
@@ -179,18 +210,24 @@ impl Listeners {
                 }
             }
         });
-        for (spec, listener) in plan.bound {
+        let workers = workers::handles();
+        for (spec, sockets) in plan.bound {
             let (stop, stop_rx) = watch::channel(false);
             let cell = Arc::new(ArcSwap::from_pointee(spec.clone()));
-            tracing::info!(listener = %spec.name, addr = %spec.addr, tls = spec.tls.is_some(), "listening");
-            tokio::spawn(accept_loop(
-                listener,
-                Arc::clone(&cell),
-                Arc::clone(&self.shared),
-                Arc::clone(&self.connections),
-                stop_rx,
-                self.shutdown.subscribe(),
-            ));
+            tracing::info!(listener = %spec.name, addr = %spec.addr, tls = spec.tls.is_some(), workers = sockets.len(), "listening");
+            // The listener's own connection count, shared by its workers.
+            let open = Arc::new(ListenerOpen::default());
+            for (socket, worker) in sockets.into_iter().zip(workers.iter().cycle()) {
+                worker.spawn(accept_loop(
+                    socket,
+                    Arc::clone(&cell),
+                    Arc::clone(&self.shared),
+                    Arc::clone(&self.connections),
+                    Arc::clone(&open),
+                    stop_rx.clone(),
+                    self.shutdown.subscribe(),
+                ));
+            }
             running.push(Running {
                 name: spec.name.clone(),
                 addr: spec.addr,
@@ -228,16 +265,35 @@ fn poisoned() -> BuildError {
     )
 }
 
+/// The connections open on one listener (all its workers), for its
+/// `max-connections`.
+#[derive(Default)]
+struct ListenerOpen {
+    open: Arc<AtomicUsize>,
+    changed: Arc<Notify>,
+}
+
+/// Accepts on one worker's socket of a listener; runs on that worker, and
+/// so do the connections it accepts.
 async fn accept_loop(
-    listener: TcpListener,
+    socket: std::net::TcpListener,
     spec: Arc<ArcSwap<ListenerSpec>>,
     shared: Arc<Shared>,
     conns: Arc<Connections>,
+    listener: Arc<ListenerOpen>,
     mut stop: watch::Receiver<bool>,
     shutdown: watch::Receiver<bool>,
 ) {
-    let listener_open = Arc::new(AtomicUsize::new(0));
-    let listener_changed = Arc::new(Notify::new());
+    let listener_open = &listener.open;
+    let listener_changed = &listener.changed;
+    let addr = spec.load().addr;
+    let listener = match TcpListener::from_std(socket) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(%addr, error = %e, "cannot accept on a bound listener socket");
+            return;
+        }
+    };
     loop {
         // Connection limits: wait (leaving clients in the backlog) rather
         // than accept and drop.
@@ -271,13 +327,14 @@ async fn accept_loop(
             }
         };
         let _ = stream.set_nodelay(true);
+        workers::accepted();
         conns.open.fetch_add(1, Ordering::AcqRel);
         listener_open.fetch_add(1, Ordering::AcqRel);
         metrics::gauge!("sentinel_open_connections").increment(1.0);
         let guard = ConnGuard {
             conns: Arc::clone(&conns),
-            listener_open: Arc::clone(&listener_open),
-            listener_changed: Arc::clone(&listener_changed),
+            listener_open: Arc::clone(listener_open),
+            listener_changed: Arc::clone(listener_changed),
         };
         let spec = spec.load_full();
         tokio::spawn(serve_connection(

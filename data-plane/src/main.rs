@@ -75,6 +75,7 @@ struct Flags {
 
 fn main() -> ExitCode {
     let flags = Flags::parse();
+    no_huge_pages();
     if let Some(zone) = &flags.zone {
         sentinel_proxy::upstream::set_local_zone(zone);
     }
@@ -164,6 +165,17 @@ fn main() -> ExitCode {
     )
 }
 
+/// Opts the process out of transparent huge pages, before any thread or
+/// heap exists. A proxy's heap is many small, short-lived buffers; with
+/// THP, mimalloc's segments were backed by 2 MiB pages: 8 MiB of an idle
+/// proxy's 21 MiB resident set held a few KiB of data (docs/benchmarks.md,
+/// "Proxy memory").
+fn no_huge_pages() {
+    if let Err(e) = rustix::thread::disable_transparent_huge_pages(true) {
+        eprintln!("warning: cannot opt out of transparent huge pages: {e}");
+    }
+}
+
 /// Worker threads: `SENTINEL_WORKERS`, else the config known at start,
 /// else one per core (see `workers`).
 fn workers(configured: Option<u32>) -> Workers {
@@ -182,16 +194,13 @@ where
     F: FnOnce(Arc<Proxy>, standalone::Signals) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<usize>>,
 {
-    // One worker: a current-thread runtime avoids cross-thread wake-ups.
+    // Thread-per-core: this thread's current-thread runtime is worker 0;
+    // `workers::start` adds the others (see `workers`).
     let count = workers.running();
-    let mut builder = if count == 1 {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        let mut b = tokio::runtime::Builder::new_multi_thread();
-        b.worker_threads(count);
-        b
-    };
-    let runtime = match builder.enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -200,6 +209,8 @@ where
     };
     let result = runtime.block_on(async move {
         let signals = standalone::Signals::install()?;
+        sentinel_proxy::workers::start(count)
+            .map_err(|e| anyhow::anyhow!("cannot start {count} worker threads: {e}"))?;
         telemetry::metrics();
         telemetry::spawn_upkeep();
         let proxy = Arc::new(Proxy::new(workers));

@@ -627,7 +627,7 @@ async fn handle(
         });
 
         let sent_at = tokio::time::Instant::now();
-        let result = tokio::time::timeout(head_timeout, upstream.client.request(out)).await;
+        let result = tokio::time::timeout(head_timeout, upstream.client().request(out)).await;
         let result = match result {
             Err(_) => Err(ProxyError::Timeout {
                 target: target.address.clone(),

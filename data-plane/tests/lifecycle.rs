@@ -682,3 +682,68 @@ async fn sighup_applies_logging_and_reports_a_pending_worker_thread_count() {
         "{logs}"
     );
 }
+
+/// Issue 20, thread-per-core: with N workers every listener is bound once
+/// per worker (`SO_REUSEPORT`), and the kernel spreads new connections over
+/// all of them; each worker serves what it accepted. A port someone else
+/// already holds still fails the bind, `SO_REUSEPORT` notwithstanding.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_spread_over_the_workers_and_a_held_port_still_fails() {
+    let backend = Backend::start("a").await;
+    let port = free_port();
+    let proxy = Sentinel::spawn_with_env(
+        &config(port, &[backend.addr], "", ""),
+        &[("SENTINEL_WORKERS", "3")],
+    );
+    proxy.wait_ready().await;
+    // 60 clients, each on a new connection (a new source port, so a new
+    // hash for the kernel's choice).
+    for _ in 0..60 {
+        let c = reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .build()
+            .unwrap();
+        let r = c
+            .get(format!("http://127.0.0.1:{port}/"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let view = proxy.admin_json("/admin/config").await["workers"].clone();
+    assert_eq!(view["running"], 3, "{view}");
+    let accepted: Vec<u64> = serde_json::from_value(view["accepted_per_worker"].clone()).unwrap();
+    assert_eq!(accepted.len(), 3, "{view}");
+    assert_eq!(accepted.iter().sum::<u64>(), 60, "{view}");
+    // Chance that a worker with a third of the hash space gets none of 60:
+    // (2/3)^60, about 3e-11.
+    assert!(accepted.iter().all(|n| *n > 0), "a worker got no connection: {view}");
+
+    // A listener moved to a port another process's listener holds with
+    // `SO_REUSEPORT` (another sentinel, say) is refused instead of joining
+    // it and taking half its traffic; the old listener keeps serving.
+    let held = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    held.set_reuse_port(true).unwrap();
+    held.bind(&"127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap().into())
+        .unwrap();
+    held.listen(16).unwrap();
+    let held_port = held.local_addr().unwrap().as_socket().unwrap().port();
+    proxy.reload(
+        &config(port, &[backend.addr], "", "")
+            .replace(&format!("127.0.0.1:{port}"), &format!("127.0.0.1:{held_port}")),
+    );
+    assert!(
+        sentinel_tests::wait_for(Duration::from_secs(20), || async {
+            proxy.logs().contains(&format!("cannot bind 127.0.0.1:{held_port}"))
+        })
+        .await,
+        "binding a held port was not refused:\n{}",
+        proxy.logs()
+    );
+    let r = client()
+        .get(format!("http://127.0.0.1:{port}/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}

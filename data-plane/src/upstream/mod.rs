@@ -183,7 +183,9 @@ pub struct Upstream {
     pub key: String,
     pub targets: Vec<Target>,
     balancer: Balancer,
-    pub client: UpstreamClient,
+    /// One pooled client per worker (see `workers`): a worker's requests
+    /// use only connections that worker opened and drives.
+    clients: Arc<[UpstreamClient]>,
     /// TLS to the targets (`tls` block), shared with the client's connector.
     pub tls: Option<Arc<tls::TlsClient>>,
     budget: RetryBudget,
@@ -294,9 +296,14 @@ impl Upstream {
                 && p.resource.timeouts == resource.timeouts
                 && p.tls.as_ref().map(|t| t.fingerprint()) == tls.as_ref().map(|t| t.fingerprint())
         });
-        let (client, tls) = match previous {
-            Some(p) if same_pool => (p.client.clone(), p.tls.clone()),
-            _ => (client(resource, tls.clone()), tls),
+        let (clients, tls) = match previous {
+            Some(p) if same_pool => (Arc::clone(&p.clients), p.tls.clone()),
+            _ => (
+                (0..crate::workers::count())
+                    .map(|_| client(resource, tls.clone()))
+                    .collect(),
+                tls,
+            ),
         };
         let health_cfg = resource.health_check.clone().unwrap_or_default();
         let zone = local_zone();
@@ -311,7 +318,7 @@ impl Upstream {
             key,
             balancer: Balancer::new(&lb, &addresses, &weights),
             targets,
-            client,
+            clients,
             tls,
             budget: RetryBudget::default(),
             breaker_cfg: resource.circuit_breaker.unwrap_or_default(),
@@ -340,6 +347,11 @@ impl Upstream {
             let _ = upstream.checker.set(task.abort_handle());
         }
         upstream
+    }
+
+    /// The calling worker's pooled client.
+    pub fn client(&self) -> &UpstreamClient {
+        &self.clients[crate::workers::index() % self.clients.len()]
     }
 
     /// Whether target `i` may take a request (ignoring health when `any`).
