@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared by the bench/*.sh scripts (sourced, not run): a temp work dir and
 # the processes to kill on exit, loopback ports, and wrk's numbers.
 #
