@@ -537,29 +537,39 @@ impl StreamService {
             }
             return Ok(None);
         }
-        let initial = matches!(&*held, Held::Versions(v) if v.is_empty());
-        let d = match &*held {
-            Held::Config(from) => self.fleet.delta_between(from, active),
-            Held::Versions(_) => Arc::new(delta(held_iter(held), active)),
+        // Shared by every session in the same position: one that holds a
+        // configuration this replica activated, or one that holds nothing
+        // (its delta is computed only when the pair is not cached: a fleet
+        // connecting at once must not build a copy of the resource list
+        // per session). Any other set from a hello is this session's own.
+        let encoded = match &*held {
+            Held::Config(from) => {
+                let d = self.fleet.delta_between(from, active);
+                if d.is_empty() {
+                    None
+                } else {
+                    Some(self.frames.get(Some(from), active, || d).await)
+                }
+            }
+            Held::Versions(v) if v.is_empty() => {
+                if active.resources.is_empty() {
+                    None
+                } else {
+                    let full = || Arc::new(delta(std::iter::empty(), active));
+                    Some(self.frames.get(None, active, full).await)
+                }
+            }
+            Held::Versions(_) => {
+                let d = delta(held_iter(held), active);
+                (!d.is_empty()).then(|| Arc::new(Encoded::new(&d, active, CHUNK_BYTES)))
+            }
         };
-        if d.is_empty() {
+        let Some(encoded) = encoded else {
             // The proxy already holds exactly this: say nothing, but it
             // counts as converged.
             *held = Held::Config(Arc::clone(active));
             self.acked(node, epoch, active);
             return Ok(None);
-        }
-        // Shared by every session in the same position: one that holds a
-        // configuration this replica activated, or one that holds nothing.
-        // Any other set from a hello is this session's own.
-        let encoded = match &*held {
-            Held::Config(from) => {
-                self.frames
-                    .get(Some(from), active, || Arc::clone(&d))
-                    .await
-            }
-            Held::Versions(_) if initial => self.frames.get(None, active, || Arc::clone(&d)).await,
-            Held::Versions(_) => Arc::new(Encoded::new(&d, active, CHUNK_BYTES)),
         };
         let permit = if encoded.len() >= LARGE_PUSH_BYTES {
             self.admission

@@ -38,7 +38,6 @@ use std::time::{Duration, Instant};
 
 use prost::Message;
 use sentinel_proto as pb;
-use sentinel_proto::config_stream_client::ConfigStreamClient;
 use tokio::sync::mpsc;
 
 struct Args {
