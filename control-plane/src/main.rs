@@ -7,6 +7,12 @@ use std::time::Duration;
 
 use clap::Parser;
 
+/// mimalloc, as the proxy: with 100,000 sessions glibc's allocator spent a
+/// sixth of the control plane's CPU in malloc/free and chunk consolidation
+/// during a fleet-wide push (docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Sentinel control plane.
 #[derive(Parser, Debug)]
 #[command(name = "sentinel-cp", version, about, long_about = None)]

@@ -534,7 +534,11 @@ async fn large_pushes_beyond_the_bound_wait_for_an_answer() {
     };
     let first = next(&mut got).await;
     let second = next(&mut got).await;
-    assert_eq!(first.1.resources.len(), 1_000 + 3, "the whole configuration");
+    assert_eq!(
+        first.1.resources.len(),
+        1_000 + 3,
+        "the whole configuration"
+    );
     // The other two are admitted only when an answer frees a permit: they
     // wait (they are not refused), and never more than two are in flight.
     assert!(

@@ -307,7 +307,10 @@ impl DeltaServer {
         DeltaServer { service, rest }
     }
 
-    async fn delta<B>(service: super::StreamService, req: http::Request<B>) -> http::Response<tonic::body::Body>
+    async fn delta<B>(
+        service: super::StreamService,
+        req: http::Request<B>,
+    ) -> http::Response<tonic::body::Body>
     where
         B: tonic::codegen::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<StdError> + Send,
@@ -427,6 +430,9 @@ mod tests {
         let mut want = super::super::chunk(&d, "4-9", &to, super::super::CHUNK_BYTES).remove(0);
         want.peers = 17;
         assert_eq!(got, want);
-        assert_eq!(encoded.resource_bytes, to.resources.iter().map(|r| r.body.len()).sum::<usize>());
+        assert_eq!(
+            encoded.resource_bytes,
+            to.resources.iter().map(|r| r.body.len()).sum::<usize>()
+        );
     }
 }

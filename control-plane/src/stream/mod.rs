@@ -589,7 +589,11 @@ impl StreamService {
         let peers = self.fleet.peers();
         let pushed = timeline::pushed(node, active);
         for c in &encoded.chunks {
-            if out.send(Ok(Frame::with_tail(c, &nonce, peers))).await.is_err() {
+            if out
+                .send(Ok(Frame::with_tail(c, &nonce, peers)))
+                .await
+                .is_err()
+            {
                 return Err(());
             }
         }
@@ -667,7 +671,9 @@ impl ConfigStream for StreamService {
         &self,
         _request: Request<Streaming<pb::DeltaRequest>>,
     ) -> Result<Response<Self::DeltaStream>, Status> {
-        Err(Status::unimplemented("Delta is served by stream::DeltaServer"))
+        Err(Status::unimplemented(
+            "Delta is served by stream::DeltaServer",
+        ))
     }
 
     async fn report_health(

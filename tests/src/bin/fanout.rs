@@ -281,7 +281,8 @@ impl<M: Response> SimStream<M> {
                 kind: Some(pb::delta_request::Kind::Hello(hello)),
             })
             .await;
-        let mut grpc = tonic::client::Grpc::new(channel).max_decoding_message_size(64 * 1024 * 1024);
+        let mut grpc =
+            tonic::client::Grpc::new(channel).max_decoding_message_size(64 * 1024 * 1024);
         grpc.ready()
             .await
             .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
@@ -361,7 +362,6 @@ pub(crate) fn clock_ticks() -> f64 {
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(100.0)
 }
-
 
 /// One simulated proxy: holds what it received, ACKs everything, reports
 /// (version, bytes, instant) for every response it applied.
@@ -465,6 +465,7 @@ async fn main() {
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     let cpu_before = cpu_secs(pid, ticks);
+    let own_before = cpu_secs(std::process::id(), ticks);
     let applied = apply(&http, &cp.url(), config(a.routes, 9002)).await;
     let mut times = Vec::with_capacity(a.nodes);
     let mut bytes = 0usize;
@@ -482,7 +483,7 @@ async fn main() {
     DONE.store(true, std::sync::atomic::Ordering::Relaxed);
     println!(
         "one-endpoint change, {} proxies, {} routes: convergence p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms; \
-         {} bytes per proxy; control plane CPU {:.2} s for the change, peak RSS {:.0} MiB; this tool's peak RSS {:.0} MiB",
+         {} bytes per proxy; control plane CPU {:.2} s for the change, peak RSS {:.0} MiB; this tool's CPU {:.2} s, peak RSS {:.0} MiB",
         a.nodes,
         a.routes,
         percentile(&times, 0.50).as_secs_f64() * 1000.0,
@@ -491,6 +492,7 @@ async fn main() {
         bytes / a.nodes,
         cpu_secs(pid, ticks) - cpu_before,
         peak_rss_mib(pid),
+        cpu_secs(std::process::id(), ticks) - own_before,
         peak_rss_mib(std::process::id()),
     );
 }
