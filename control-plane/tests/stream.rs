@@ -528,10 +528,14 @@ async fn large_pushes_beyond_the_bound_wait_for_an_answer() {
             }
         });
     }
-    let next = |got: &mut mpsc::UnboundedReceiver<(usize, pb::DeltaResponse)>| {
-        let f = tokio::time::timeout(Duration::from_secs(60), got.recv());
-        async move { f.await.expect("a push within 60 s").expect("readers run") }
-    };
+    async fn next(
+        got: &mut mpsc::UnboundedReceiver<(usize, pb::DeltaResponse)>,
+    ) -> (usize, pb::DeltaResponse) {
+        tokio::time::timeout(Duration::from_secs(60), got.recv())
+            .await
+            .expect("a push within 60 s")
+            .expect("readers run")
+    }
     let first = next(&mut got).await;
     let second = next(&mut got).await;
     assert_eq!(

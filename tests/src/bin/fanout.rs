@@ -29,7 +29,13 @@
 //! control plane's CPU seconds for the connect and for the change, and this
 //! tool's own peak RSS.
 //!
-//! Usage: sentinel-fanout [--nodes N] [--routes R] [--per-conn P] [--cp PATH]
+//! With `--restart`, the control plane is then killed (SIGKILL) and started
+//! again on the same ports and database; every simulated proxy reconnects
+//! (0–1 s of jitter, retries every 100–300 ms) naming the version it holds,
+//! and the tool prints the time until every hello was accepted, with the
+//! new process's CPU and peak RSS.
+//!
+//! Usage: sentinel-fanout [--nodes N] [--routes R] [--per-conn P] [--restart] [--cp PATH]
 //!        sentinel-fanout --churn [--nodes N] [--upstreams U] [--rate C] [--secs S]
 //!                        [--routes R] [--cp PATH]
 
@@ -50,9 +56,11 @@ struct Args {
     secs: u64,
     /// Simulated proxies per HTTP/2 connection.
     per_conn: usize,
+    /// After the change, kill the control plane and time the fleet's reconnect.
+    restart: bool,
 }
 
-const USAGE: &str = "usage: sentinel-fanout [--nodes N] [--routes R] [--per-conn P] [--cp PATH]\n       \
+const USAGE: &str = "usage: sentinel-fanout [--nodes N] [--routes R] [--per-conn P] [--restart] [--cp PATH]\n       \
                      sentinel-fanout --churn [--nodes N] [--upstreams U] [--rate C] [--secs S] [--routes R] [--cp PATH]";
 
 fn args() -> Args {
@@ -65,11 +73,16 @@ fn args() -> Args {
         rate: 1000,
         secs: 60,
         per_conn: 100,
+        restart: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         if flag == "--churn" {
             a.churn = true;
+            continue;
+        }
+        if flag == "--restart" {
+            a.restart = true;
             continue;
         }
         let value = it.next().unwrap_or_default();
@@ -266,7 +279,18 @@ struct SimStream<M> {
 
 impl<M: Response> SimStream<M> {
     async fn open(channel: tonic::transport::Channel, id: usize) -> Result<Self, tonic::Status> {
+        Self::open_holding(channel, id, None).await
+    }
+
+    /// As `open`, naming in the hello the configuration it runs
+    /// (`version_number`, `config_version`), as a proxy reconnecting does.
+    async fn open_holding(
+        channel: tonic::transport::Channel,
+        id: usize,
+        holds: Option<(u64, String)>,
+    ) -> Result<Self, tonic::Status> {
         let (tx, rx) = mpsc::channel(2);
+        let (version_number, config_version) = holds.unwrap_or_default();
         let hello = pb::Hello {
             node: Some(pb::Node {
                 id: format!("sim-{id}"),
@@ -274,6 +298,8 @@ impl<M: Response> SimStream<M> {
                 zone: "a".into(),
                 ..Default::default()
             }),
+            version_number,
+            config_version,
             ..Default::default()
         };
         let _ = tx
@@ -365,20 +391,57 @@ pub(crate) fn clock_ticks() -> f64 {
 
 /// One simulated proxy: holds what it received, ACKs everything, reports
 /// (version, bytes, instant) for every response it applied.
+/// Reported by a simulated proxy whose hello a restarted control plane
+/// accepted (in place of a version number).
+const RECONNECTED: u64 = u64::MAX;
+
+/// Set while the control plane restarts (`--restart`): a stream that ends
+/// is opened again, naming what the proxy holds.
+static RESTARTING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// One simulated proxy: holds what it received, ACKs everything, reports
+/// (version, bytes, instant) for every response it applied. With
+/// `RESTARTING` set, reconnects after a broken stream (0–1 s of jitter,
+/// then every 100–300 ms until accepted) with the version it holds.
 async fn proxy(
     channel: tonic::transport::Channel,
     id: usize,
     report: mpsc::UnboundedSender<(u64, usize, Instant)>,
 ) -> Result<(), tonic::Status> {
-    let mut sim = SimStream::<Head>::open(channel, id).await?;
-    while let Some(msg) = sim.message().await? {
-        if !SimStream::is_last_chunk(&msg) {
-            continue;
+    use rand::Rng;
+    let mut holds: Option<(u64, String)> = None;
+    let mut sim = SimStream::<Head>::open(channel.clone(), id).await?;
+    loop {
+        let ended = loop {
+            match sim.message().await {
+                Ok(Some(msg)) => {
+                    if !SimStream::is_last_chunk(&msg) {
+                        continue;
+                    }
+                    let bytes = sim.ack(&msg).await;
+                    holds = Some((msg.version_number, msg.config_version.clone()));
+                    let _ = report.send((msg.version_number, bytes, Instant::now()));
+                }
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(e),
+            }
+        };
+        if !RESTARTING.load(std::sync::atomic::Ordering::Relaxed) {
+            return ended;
         }
-        let bytes = sim.ack(&msg).await;
-        let _ = report.send((msg.version_number, bytes, Instant::now()));
+        let jitter = rand::rng().random_range(0..1000);
+        tokio::time::sleep(Duration::from_millis(jitter)).await;
+        sim = loop {
+            match SimStream::<Head>::open_holding(channel.clone(), id, holds.clone()).await {
+                Ok(s) => break s,
+                Err(_) => {
+                    let retry = rand::rng().random_range(100..300);
+                    tokio::time::sleep(Duration::from_millis(retry)).await;
+                }
+            }
+        };
+        let _ = report.send((RECONNECTED, 0, Instant::now()));
     }
-    Ok(())
 }
 
 async fn apply(http: &reqwest::Client, api: &str, source: String) -> Instant {
@@ -405,7 +468,7 @@ async fn main() {
         churn::run(&a).await;
         return;
     }
-    let cp = sentinel_tests::ControlPlane::start(&a.cp, "", &["--keepalive-secs", "60"]).await;
+    let mut cp = sentinel_tests::ControlPlane::start(&a.cp, "", &["--keepalive-secs", "60"]).await;
     let pid = cp.pid().unwrap_or(0);
     let http = reqwest::Client::new();
     apply(&http, &cp.url(), config(a.routes, 9001)).await;
@@ -480,7 +543,9 @@ async fn main() {
         }
     }
     times.sort();
-    DONE.store(true, std::sync::atomic::Ordering::Relaxed);
+    if !a.restart {
+        DONE.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
     println!(
         "one-endpoint change, {} proxies, {} routes: convergence p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms; \
          {} bytes per proxy; control plane CPU {:.2} s for the change, peak RSS {:.0} MiB; this tool's CPU {:.2} s, peak RSS {:.0} MiB",
@@ -494,6 +559,30 @@ async fn main() {
         peak_rss_mib(pid),
         cpu_secs(std::process::id(), ticks) - own_before,
         peak_rss_mib(std::process::id()),
+    );
+    if !a.restart {
+        return;
+    }
+    RESTARTING.store(true, std::sync::atomic::Ordering::Relaxed);
+    let killed = Instant::now();
+    cp.restart().await;
+    let pid = cp.pid().unwrap_or(0);
+    let mut back = 0;
+    while back < a.nodes {
+        match tokio::time::timeout(Duration::from_secs(120), reports.recv()).await {
+            Ok(Some((RECONNECTED, _, _))) => back += 1,
+            Ok(Some(_)) => {}
+            _ => panic!("only {back}/{} proxies reconnected", a.nodes),
+        }
+    }
+    DONE.store(true, std::sync::atomic::Ordering::Relaxed);
+    println!(
+        "restart: {} proxies reconnected {:.2} s after the control plane was killed; \
+         the new control plane's CPU {:.1} s, peak RSS {:.0} MiB",
+        a.nodes,
+        killed.elapsed().as_secs_f64(),
+        cpu_secs(pid, ticks),
+        peak_rss_mib(pid),
     );
 }
 
