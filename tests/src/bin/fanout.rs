@@ -530,6 +530,7 @@ async fn main() {
     let cpu_before = cpu_secs(pid, ticks);
     let own_before = cpu_secs(std::process::id(), ticks);
     let applied = apply(&http, &cp.url(), config(a.routes, 9002)).await;
+    let answered = applied.elapsed();
     let mut times = Vec::with_capacity(a.nodes);
     let mut bytes = 0usize;
     while times.len() < a.nodes {
@@ -548,12 +549,13 @@ async fn main() {
     }
     println!(
         "one-endpoint change, {} proxies, {} routes: convergence p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms; \
-         {} bytes per proxy; control plane CPU {:.2} s for the change, peak RSS {:.0} MiB; this tool's CPU {:.2} s, peak RSS {:.0} MiB",
+         the apply was answered after {:.0} ms; {} bytes per proxy; control plane CPU {:.2} s for the change, peak RSS {:.0} MiB; this tool's CPU {:.2} s, peak RSS {:.0} MiB",
         a.nodes,
         a.routes,
         percentile(&times, 0.50).as_secs_f64() * 1000.0,
         percentile(&times, 0.99).as_secs_f64() * 1000.0,
         times.last().copied().unwrap_or_default().as_secs_f64() * 1000.0,
+        answered.as_secs_f64() * 1000.0,
         bytes / a.nodes,
         cpu_secs(pid, ticks) - cpu_before,
         peak_rss_mib(pid),
