@@ -525,6 +525,31 @@ async fn main() {
         cpu_connect,
         peak_rss_mib(pid),
     );
+    // The change is measured on a settled control plane: the node state of
+    // the connect (hello, ACK and push timeline of every proxy) written to
+    // the database first, as it would be long before the next apply.
+    let settle = Instant::now();
+    let settled = sentinel_tests::wait_for(Duration::from_secs(300), || {
+        let (http, url) = (http.clone(), cp.url());
+        async move {
+            let Ok(r) = http.get(format!("{url}/metrics")).send().await else {
+                return false;
+            };
+            let text = r.text().await.unwrap_or_default();
+            text.lines()
+                .any(|l| l == "sentinel_cp_node_updates_queued 0")
+        }
+    })
+    .await;
+    println!(
+        "node state of the connect written to the database after {:.2} s more{}",
+        settle.elapsed().as_secs_f64(),
+        if settled {
+            ""
+        } else {
+            " (not drained: gave up)"
+        }
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     let cpu_before = cpu_secs(pid, ticks);
