@@ -7,6 +7,12 @@ use std::time::Duration;
 
 use clap::Parser;
 
+/// mimalloc, as the proxy: with 100,000 sessions glibc's allocator spent a
+/// sixth of the control plane's CPU in malloc/free and chunk consolidation
+/// during a fleet-wide push (docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Sentinel control plane.
 #[derive(Parser, Debug)]
 #[command(name = "sentinel-cp", version, about, long_about = None)]
@@ -69,6 +75,9 @@ struct Flags {
     /// Seconds between keepalive messages on idle streams.
     #[arg(long, env = "SENTINEL_CP_KEEPALIVE_SECS", default_value_t = 15)]
     keepalive_secs: u64,
+    /// Large pushes (a full configuration, any response of 64 KiB or more) in flight at once; more wait.
+    #[arg(long, env = "SENTINEL_CP_MAX_LARGE_PUSHES", default_value_t = sentinel_cp::stream::MAX_LARGE_PUSHES as u64, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    max_large_pushes: u64,
     /// Longest an apply waits for its compilation (including its turn); past it the API answers 503.
     #[arg(long, env = "SENTINEL_CP_COMPILE_TIMEOUT_SECS", default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=3600))]
     compile_timeout_secs: u64,
@@ -140,6 +149,7 @@ fn main() -> ExitCode {
         poll: Duration::from_secs(flags.poll_secs.max(1)),
         health_quorum_percent: flags.health_quorum_percent,
         node_expiry: Duration::from_secs(flags.node_expiry_secs),
+        max_large_pushes: usize::try_from(flags.max_large_pushes).unwrap_or(usize::MAX),
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -11,14 +11,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use sentinel_proto::config_stream_server::ConfigStreamServer;
 use tokio::sync::watch;
-use tonic::codec::CompressionEncoding;
 
 use crate::fleet::Fleet;
 use crate::identity::{StreamAuth, StreamAuthMode};
 use crate::store::{Ensured, Role, Store, TokenKind};
-use crate::stream::StreamService;
+use crate::stream::{DeltaServer, StreamService};
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -45,6 +43,9 @@ pub struct Settings {
     pub poll: Duration,
     pub health_quorum_percent: u32,
     pub node_expiry: Duration,
+    /// Large pushes (the full configuration, any response of 64 KiB or
+    /// more) in flight at once; more wait for a permit.
+    pub max_large_pushes: usize,
 }
 
 fn read(path: &PathBuf) -> anyhow::Result<Vec<u8>> {
@@ -198,16 +199,14 @@ async fn grpc_server(
         .await
         .with_context(|| format!("cannot bind the gRPC address {}", settings.grpc_addr))?;
     tracing::info!(addr = %listener.local_addr()?, tls = settings.grpc_tls.is_some(), mtls = settings.grpc_client_ca.is_some(), "gRPC listening");
-    let service = StreamService {
+    let service = StreamService::new(
         fleet,
-        keepalive: settings.keepalive,
-        shutdown: shutdown.clone(),
+        settings.keepalive,
+        shutdown.clone(),
         auth,
-    };
-    let svc = ConfigStreamServer::new(service)
-        .accept_compressed(CompressionEncoding::Gzip)
-        .send_compressed(CompressionEncoding::Gzip)
-        .max_decoding_message_size(16 * 1024 * 1024);
+        settings.max_large_pushes,
+    );
+    let svc = DeltaServer::new(service);
     let mut builder = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .tcp_nodelay(true);

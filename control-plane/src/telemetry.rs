@@ -11,6 +11,10 @@ pub const METRICS: &[&str] = &[
     "sentinel_cp_connected_nodes",
     "sentinel_cp_pushes_total",
     "sentinel_cp_push_bytes_total",
+    "sentinel_cp_push_encodes_total",
+    "sentinel_cp_large_pushes_in_flight",
+    "sentinel_cp_large_pushes_waiting",
+    "sentinel_cp_admission_wait_seconds",
     "sentinel_cp_acks_total",
     "sentinel_cp_nacks_total",
     "sentinel_cp_convergence_seconds",
@@ -60,6 +64,7 @@ const BUCKETS: &[Buckets<'static>] = &[
     ("sentinel_cp_convergence_seconds", SECONDS),
     ("sentinel_cp_rollout_stage_seconds", SECONDS),
     ("sentinel_cp_push_to_ack_seconds", PUSH_TO_ACK),
+    ("sentinel_cp_admission_wait_seconds", PUSH_TO_ACK),
 ];
 
 /// Installs the global Prometheus recorder once; later calls return it.

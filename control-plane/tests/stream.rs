@@ -469,3 +469,117 @@ async fn mtls_rejects_proxies_without_a_trusted_certificate() {
         .unwrap();
     assert_eq!(r.version_number, 1);
 }
+
+/// The value of an unlabelled metric on the control plane's `/metrics`.
+async fn metric(cp: &ControlPlane, name: &str) -> Option<f64> {
+    let text = http()
+        .get(format!("{}/metrics", cp.url()))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_pushes_beyond_the_bound_wait_for_an_answer() {
+    let cp = ControlPlane::start(
+        std::path::Path::new(BIN),
+        "",
+        &["--max-large-pushes", "2", "--compile-timeout-secs", "300"],
+    )
+    .await;
+    // Well above the 64 KiB from which a push needs a permit.
+    let mut doc =
+        String::from("upstreams { upstream \"u\" { target \"127.0.0.1:9\"; }; }\nroutes {\n");
+    for i in 0..1_000 {
+        doc.push_str(&format!(
+            "    route \"route-{i}\" {{ matches {{ path-prefix \"/service-{i}/\"; host \"tenant-{i}.example.com\"; }}; upstream \"u\"; }}\n"
+        ));
+    }
+    doc.push_str("}\n");
+    apply(&cp, &doc).await;
+
+    // Four proxies that hold nothing; each reader reports the response it
+    // received (chunks merged) and nothing else.
+    let (got_tx, mut got) = mpsc::unbounded_channel::<(usize, pb::DeltaResponse)>();
+    let mut senders = Vec::new();
+    for i in 0..4 {
+        let Session { tx, mut rx } = connect(cp.grpc_url(), &format!("big-{i}"), vec![]).await;
+        senders.push(tx);
+        let got_tx = got_tx.clone();
+        tokio::spawn(async move {
+            let mut merged: Option<pb::DeltaResponse> = None;
+            while let Ok(Some(msg)) = rx.message().await {
+                if msg.keepalive {
+                    continue;
+                }
+                let last = msg.chunk + 1 == msg.chunk_count;
+                match &mut merged {
+                    None => merged = Some(msg),
+                    Some(m) => m.resources.extend(msg.resources),
+                }
+                if last && let Some(m) = merged.take() {
+                    let _ = got_tx.send((i, m));
+                }
+            }
+        });
+    }
+    async fn next(
+        got: &mut mpsc::UnboundedReceiver<(usize, pb::DeltaResponse)>,
+    ) -> (usize, pb::DeltaResponse) {
+        tokio::time::timeout(Duration::from_secs(60), got.recv())
+            .await
+            .expect("a push within 60 s")
+            .expect("readers run")
+    }
+    let first = next(&mut got).await;
+    let second = next(&mut got).await;
+    assert_eq!(
+        first.1.resources.len(),
+        1_000 + 3,
+        "the whole configuration"
+    );
+    // The other two are admitted only when an answer frees a permit: they
+    // wait (they are not refused), and never more than two are in flight.
+    assert!(
+        wait_for(Duration::from_secs(30), || async {
+            metric(&cp, "sentinel_cp_large_pushes_waiting").await == Some(2.0)
+        })
+        .await,
+        "two sessions wait for a permit"
+    );
+    assert_eq!(
+        metric(&cp, "sentinel_cp_large_pushes_in_flight").await,
+        Some(2.0)
+    );
+    let ack = |r: &pb::DeltaResponse| pb::DeltaRequest {
+        kind: Some(pb::delta_request::Kind::Ack(pb::Ack {
+            nonce: r.nonce.clone(),
+            config_version: r.config_version.clone(),
+            ..Default::default()
+        })),
+    };
+    senders[first.0].send(ack(&first.1)).await.unwrap();
+    let third = next(&mut got).await;
+    assert!(![first.0, second.0].contains(&third.0));
+    assert_eq!(third.1.resources.len(), 1_000 + 3);
+    assert_eq!(
+        metric(&cp, "sentinel_cp_large_pushes_waiting").await,
+        Some(1.0),
+        "one answer admits one session"
+    );
+    senders[second.0].send(ack(&second.1)).await.unwrap();
+    senders[third.0].send(ack(&third.1)).await.unwrap();
+    let fourth = next(&mut got).await;
+    assert!(![first.0, second.0, third.0].contains(&fourth.0));
+    assert!(
+        wait_for(Duration::from_secs(30), || async {
+            metric(&cp, "sentinel_cp_large_pushes_waiting").await == Some(0.0)
+        })
+        .await
+    );
+}

@@ -279,6 +279,9 @@ async fn flush<S: NodeSink>(sink: &S, shared: &Shared) -> Flushed {
             shared.queue().in_flight.clear();
             return Flushed::All;
         }
+        // The backlog as it stands, batch by batch: after a fleet-wide
+        // connect it takes seconds to write.
+        shared.publish();
         match sink.write(&batch).await {
             Ok(()) => shared.queue().in_flight.clear(),
             Err(StoreError::Unavailable(e)) => {

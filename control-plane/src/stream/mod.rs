@@ -7,8 +7,16 @@
 //! difference. Each response has a nonce; ACKs and NACKs are recorded per
 //! node in the store. After a NACK the session sends nothing until the
 //! active configuration changes. Large responses are split into chunks
-//! below the gRPC message limit; resource bodies are the shared encoded
-//! bytes of the active configuration, never re-encoded per stream.
+//! below the gRPC message limit; each response is encoded once per
+//! (held, target) pair and the same bytes are sent on every stream
+//! (`frames`: only the nonce and peer count are per stream).
+//!
+//! Admission control: a large push (the full configuration to a proxy
+//! that holds nothing, or any response of at least [`LARGE_PUSH_BYTES`])
+//! waits for one of a bounded number of permits and holds it until the
+//! proxy answers (or [`PERMIT_HOLD`] passes), so a whole fleet connecting
+//! at once is served a bounded number at a time instead of holding a copy
+//! of the configuration per stream in flight. Smaller pushes never wait.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -18,7 +26,7 @@ use std::time::Duration;
 use futures_util::Stream;
 use sentinel_proto as pb;
 use sentinel_proto::config_stream_server::ConfigStream;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::changes::{ActiveConfig, Epoch, NodeUpdate};
@@ -26,7 +34,10 @@ pub use crate::changes::{Delta, delta};
 use crate::fleet::Fleet;
 use crate::identity::StreamAuth;
 
+mod frames;
 mod timeline;
+
+pub use frames::{DeltaServer, Encoded, Frame, Frames};
 
 /// Encoded resource bytes per response chunk (gRPC's default limit is 4 MiB).
 pub const CHUNK_BYTES: usize = 2 * 1024 * 1024;
@@ -36,6 +47,16 @@ const DEBOUNCE: Duration = Duration::from_millis(20);
 
 static NONCES: AtomicU64 = AtomicU64::new(1);
 
+/// Encoded size from which a push needs an admission permit.
+pub const LARGE_PUSH_BYTES: usize = 64 * 1024;
+
+/// Large pushes in flight at once by default (`--max-large-pushes`).
+pub const MAX_LARGE_PUSHES: usize = 32;
+
+/// The longest a push holds its permit without an answer: a proxy that
+/// never answers slows admission down, it cannot stop it.
+pub const PERMIT_HOLD: Duration = Duration::from_secs(30);
+
 #[derive(Clone)]
 pub struct StreamService {
     pub fleet: Arc<Fleet>,
@@ -43,6 +64,89 @@ pub struct StreamService {
     pub shutdown: watch::Receiver<bool>,
     /// Who may speak for which node id (certificate, join token, or anyone).
     pub auth: Arc<StreamAuth>,
+    /// Responses encoded once per (held, target), shared by every session.
+    pub frames: Arc<Frames>,
+    /// Permits for large pushes in flight (admission control).
+    pub admission: Arc<Admission>,
+}
+
+/// The bound on large pushes in flight, and how many are.
+#[derive(Debug)]
+pub struct Admission {
+    permits: Arc<Semaphore>,
+    bound: usize,
+    waiting: std::sync::atomic::AtomicUsize,
+}
+
+impl Admission {
+    pub fn new(bound: usize) -> Admission {
+        let bound = bound.max(1);
+        Admission {
+            permits: Arc::new(Semaphore::new(bound)),
+            bound,
+            waiting: Default::default(),
+        }
+    }
+
+    /// Waits for a permit; the push holds it until answered.
+    async fn admit(self: &Arc<Self>) -> Option<Permit> {
+        let waited = std::time::Instant::now();
+        let waiting = self.waiting.fetch_add(1, Ordering::Relaxed) + 1;
+        metrics::gauge!("sentinel_cp_large_pushes_waiting").set(waiting as f64);
+        let permit = Arc::clone(&self.permits).acquire_owned().await;
+        let waiting = self.waiting.fetch_sub(1, Ordering::Relaxed) - 1;
+        metrics::gauge!("sentinel_cp_large_pushes_waiting").set(waiting as f64);
+        let permit = permit.ok()?;
+        metrics::histogram!("sentinel_cp_admission_wait_seconds")
+            .record(waited.elapsed().as_secs_f64());
+        self.publish();
+        Some(Permit {
+            permit: Some(permit),
+            admission: Arc::clone(self),
+        })
+    }
+
+    /// Large pushes holding a permit now.
+    pub fn in_flight(&self) -> usize {
+        self.bound - self.permits.available_permits()
+    }
+
+    fn publish(&self) {
+        metrics::gauge!("sentinel_cp_large_pushes_in_flight").set(self.in_flight() as f64);
+    }
+}
+
+/// A large push's admission permit; dropping it admits the next.
+#[derive(Debug)]
+struct Permit {
+    permit: Option<OwnedSemaphorePermit>,
+    admission: Arc<Admission>,
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        drop(self.permit.take());
+        self.admission.publish();
+    }
+}
+
+impl StreamService {
+    pub fn new(
+        fleet: Arc<Fleet>,
+        keepalive: Duration,
+        shutdown: watch::Receiver<bool>,
+        auth: Arc<StreamAuth>,
+        max_large_pushes: usize,
+    ) -> StreamService {
+        StreamService {
+            fleet,
+            keepalive,
+            shutdown,
+            auth,
+            frames: Arc::default(),
+            admission: Arc::new(Admission::new(max_large_pushes)),
+        }
+    }
 }
 
 /// What a proxy holds.
@@ -124,6 +228,17 @@ struct InFlight {
     /// When it was pushed (`sentinel_cp_push_to_ack_seconds`, the node's
     /// timeline), and its `config.push` span.
     pushed: timeline::Pushed,
+    /// A large push's admission permit, released on the answer or at the
+    /// deadline, whichever comes first.
+    permit: Option<(Permit, tokio::time::Instant)>,
+}
+
+/// Sleeps until `deadline`; never wakes without one.
+async fn until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Text a proxy sends that ends up in logs and in the store: control
@@ -206,7 +321,7 @@ impl StreamService {
         node: pb::Node,
         hello: pb::Hello,
         mut inbound: Streaming<pb::DeltaRequest>,
-        out: mpsc::Sender<Result<pb::DeltaResponse, Status>>,
+        out: mpsc::Sender<Result<Frame, Status>>,
     ) {
         let fleet = &self.fleet;
         let epoch = Epoch::next();
@@ -269,6 +384,9 @@ impl StreamService {
                     Err(()) => break End::Closed,
                 }
             }
+            let permit_deadline = in_flight
+                .as_ref()
+                .and_then(|f| f.permit.as_ref().map(|p| p.1));
             tokio::select! {
                 msg = inbound.message() => {
                     let msg = match msg {
@@ -363,13 +481,20 @@ impl StreamService {
                     }
                     push_needed = true;
                 }
+                _ = until(permit_deadline) => {
+                    // Unanswered for too long: the push stays in flight, its
+                    // permit goes to the next session waiting.
+                    if let Some(f) = in_flight.as_mut() {
+                        f.permit = None;
+                    }
+                }
                 _ = keepalive.tick() => {
                     let ka = pb::DeltaResponse {
                         keepalive: true,
                         peers: self.fleet.peers(),
                         ..Default::default()
                     };
-                    if out.send(Ok(ka)).await.is_err() {
+                    if out.send(Ok(Frame::message(&ka))).await.is_err() {
                         break End::Closed;
                     }
                 }
@@ -396,7 +521,7 @@ impl StreamService {
         held: &mut Held,
         active: &Arc<ActiveConfig>,
         refused: &Option<String>,
-        out: &mpsc::Sender<Result<pb::DeltaResponse, Status>>,
+        out: &mpsc::Sender<Result<Frame, Status>>,
     ) -> Result<Option<InFlight>, ()> {
         if active.number == 0 || refused.as_deref() == Some(active.hash.as_str()) {
             return Ok(None);
@@ -412,34 +537,63 @@ impl StreamService {
             }
             return Ok(None);
         }
-        let d = match &*held {
-            Held::Config(from) => self.fleet.delta_between(from, active),
-            Held::Versions(_) => Arc::new(delta(held_iter(held), active)),
+        // Shared by every session in the same position: one that holds a
+        // configuration this replica activated, or one that holds nothing
+        // (its delta is computed only when the pair is not cached: a fleet
+        // connecting at once must not build a copy of the resource list
+        // per session). Any other set from a hello is this session's own.
+        let encoded = match &*held {
+            Held::Config(from) => {
+                let d = self.fleet.delta_between(from, active);
+                if d.is_empty() {
+                    None
+                } else {
+                    Some(self.frames.get(Some(from), active, || d).await)
+                }
+            }
+            Held::Versions(v) if v.is_empty() => {
+                if active.resources.is_empty() {
+                    None
+                } else {
+                    let full = || Arc::new(delta(std::iter::empty(), active));
+                    Some(self.frames.get(None, active, full).await)
+                }
+            }
+            Held::Versions(_) => {
+                let d = delta(held_iter(held), active);
+                (!d.is_empty()).then(|| Arc::new(Encoded::new(&d, active, CHUNK_BYTES)))
+            }
         };
-        if d.is_empty() {
+        let Some(encoded) = encoded else {
             // The proxy already holds exactly this: say nothing, but it
             // counts as converged.
             *held = Held::Config(Arc::clone(active));
             self.acked(node, epoch, active);
             return Ok(None);
-        }
+        };
+        let permit = if encoded.len() >= LARGE_PUSH_BYTES {
+            self.admission
+                .admit()
+                .await
+                .map(|p| (p, tokio::time::Instant::now() + PERMIT_HOLD))
+        } else {
+            None
+        };
         let nonce = format!(
             "{}-{}",
             active.number,
             NONCES.fetch_add(1, Ordering::Relaxed)
         );
-        let chunks = chunk(&d, &nonce, active, CHUNK_BYTES);
-        let bytes: usize = chunks
-            .iter()
-            .map(|c| c.resources.iter().map(|r| r.body.len()).sum::<usize>())
-            .sum();
         metrics::counter!("sentinel_cp_pushes_total").increment(1);
-        metrics::counter!("sentinel_cp_push_bytes_total").increment(bytes as u64);
+        metrics::counter!("sentinel_cp_push_bytes_total").increment(encoded.resource_bytes as u64);
         let peers = self.fleet.peers();
         let pushed = timeline::pushed(node, active);
-        for mut c in chunks {
-            c.peers = peers;
-            if out.send(Ok(c)).await.is_err() {
+        for c in &encoded.chunks {
+            if out
+                .send(Ok(Frame::with_tail(c, &nonce, peers)))
+                .await
+                .is_err()
+            {
                 return Err(());
             }
         }
@@ -447,6 +601,7 @@ impl StreamService {
             nonce,
             target: Arc::clone(active),
             pushed,
+            permit,
         }))
     }
 
@@ -477,15 +632,13 @@ impl StreamService {
 
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
-#[tonic::async_trait]
-impl ConfigStream for StreamService {
-    type DeltaStream = ResponseStream<pb::DeltaResponse>;
-    type ReportHealthStream = ResponseStream<pb::HealthReportAck>;
-
-    async fn delta(
+impl StreamService {
+    /// A `Delta` call: authenticates the peer, reads and checks the hello,
+    /// and starts the session; its frames are the response stream.
+    async fn open(
         &self,
         request: Request<Streaming<pb::DeltaRequest>>,
-    ) -> Result<Response<Self::DeltaStream>, Status> {
+    ) -> Result<Response<mpsc::Receiver<Result<Frame, Status>>>, Status> {
         let peer = self.auth.authenticate(&request).await?;
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(Duration::from_secs(10), inbound.message())
@@ -503,9 +656,24 @@ impl ConfigStream for StreamService {
         peer.permits(&node.id)?;
         let (tx, rx) = mpsc::channel(16);
         tokio::spawn(self.clone().session(node, hello, inbound, tx));
-        Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-        )))
+        Ok(Response::new(rx))
+    }
+}
+
+#[tonic::async_trait]
+impl ConfigStream for StreamService {
+    type DeltaStream = ResponseStream<pb::DeltaResponse>;
+    type ReportHealthStream = ResponseStream<pb::HealthReportAck>;
+
+    /// Never called: [`DeltaServer`] serves `Delta` with shared frames
+    /// ([`StreamService::open`]).
+    async fn delta(
+        &self,
+        _request: Request<Streaming<pb::DeltaRequest>>,
+    ) -> Result<Response<Self::DeltaStream>, Status> {
+        Err(Status::unimplemented(
+            "Delta is served by stream::DeltaServer",
+        ))
     }
 
     async fn report_health(

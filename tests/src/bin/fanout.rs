@@ -22,7 +22,20 @@
 //! control plane's CPU over the churn (share of one core: mean and the
 //! busiest second) and its peak RSS.
 //!
-//! Usage: sentinel-fanout [--nodes N] [--routes R] [--cp PATH]
+//! The simulated proxies share HTTP/2 connections (`--per-conn`, default
+//! 100 streams each) and keep nothing of a response but its header fields
+//! and size, so 100,000 of them fit in this process. Also printed: the time
+//! until every proxy holds the first version (connect + initial push), the
+//! control plane's CPU seconds for the connect and for the change, and this
+//! tool's own peak RSS.
+//!
+//! With `--restart`, the control plane is then killed (SIGKILL) and started
+//! again on the same ports and database; every simulated proxy reconnects
+//! (0–1 s of jitter, retries every 100–300 ms) naming the version it holds,
+//! and the tool prints the time until every hello was accepted, with the
+//! new process's CPU and peak RSS.
+//!
+//! Usage: sentinel-fanout [--nodes N] [--routes R] [--per-conn P] [--restart] [--cp PATH]
 //!        sentinel-fanout --churn [--nodes N] [--upstreams U] [--rate C] [--secs S]
 //!                        [--routes R] [--cp PATH]
 
@@ -31,7 +44,6 @@ use std::time::{Duration, Instant};
 
 use prost::Message;
 use sentinel_proto as pb;
-use sentinel_proto::config_stream_client::ConfigStreamClient;
 use tokio::sync::mpsc;
 
 struct Args {
@@ -42,9 +54,13 @@ struct Args {
     upstreams: usize,
     rate: usize,
     secs: u64,
+    /// Simulated proxies per HTTP/2 connection.
+    per_conn: usize,
+    /// After the change, kill the control plane and time the fleet's reconnect.
+    restart: bool,
 }
 
-const USAGE: &str = "usage: sentinel-fanout [--nodes N] [--routes R] [--cp PATH]\n       \
+const USAGE: &str = "usage: sentinel-fanout [--nodes N] [--routes R] [--per-conn P] [--restart] [--cp PATH]\n       \
                      sentinel-fanout --churn [--nodes N] [--upstreams U] [--rate C] [--secs S] [--routes R] [--cp PATH]";
 
 fn args() -> Args {
@@ -56,11 +72,17 @@ fn args() -> Args {
         upstreams: 100,
         rate: 1000,
         secs: 60,
+        per_conn: 100,
+        restart: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         if flag == "--churn" {
             a.churn = true;
+            continue;
+        }
+        if flag == "--restart" {
+            a.restart = true;
             continue;
         }
         let value = it.next().unwrap_or_default();
@@ -70,6 +92,7 @@ fn args() -> Args {
             "--upstreams" => value.parse().map(|v| a.upstreams = v).is_ok(),
             "--rate" => value.parse().map(|v| a.rate = v).is_ok(),
             "--secs" => value.parse().map(|v| a.secs = v).is_ok(),
+            "--per-conn" => value.parse().map(|v: usize| a.per_conn = v.max(1)).is_ok(),
             "--cp" => {
                 a.cp = value.into();
                 true
@@ -120,18 +143,154 @@ fn peak_rss_mib(pid: u32) -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
+/// What the fan-out measurement keeps of a response: the decoder skips
+/// resources and removals (prost skips unknown fields), so a simulated
+/// proxy never allocates the configuration it is sent — only counts it.
+#[derive(Clone, PartialEq, prost::Message)]
+struct Head {
+    #[prost(string, tag = "1")]
+    nonce: String,
+    #[prost(string, tag = "2")]
+    config_version: String,
+    #[prost(uint64, tag = "3")]
+    version_number: u64,
+    #[prost(uint32, tag = "6")]
+    chunk: u32,
+    #[prost(uint32, tag = "7")]
+    chunk_count: u32,
+    #[prost(bool, tag = "8")]
+    keepalive: bool,
+}
+
+/// The fields of a response a simulated proxy acts on.
+trait Response: Message + Default + Send + 'static {
+    fn nonce(&self) -> &str;
+    fn config_version(&self) -> &str;
+    fn keepalive(&self) -> bool;
+    /// (chunk, chunk_count)
+    fn chunk(&self) -> (u32, u32);
+}
+
+impl Response for Head {
+    fn nonce(&self) -> &str {
+        &self.nonce
+    }
+    fn config_version(&self) -> &str {
+        &self.config_version
+    }
+    fn keepalive(&self) -> bool {
+        self.keepalive
+    }
+    fn chunk(&self) -> (u32, u32) {
+        (self.chunk, self.chunk_count)
+    }
+}
+
+impl Response for pb::DeltaResponse {
+    fn nonce(&self) -> &str {
+        &self.nonce
+    }
+    fn config_version(&self) -> &str {
+        &self.config_version
+    }
+    fn keepalive(&self) -> bool {
+        self.keepalive
+    }
+    fn chunk(&self) -> (u32, u32) {
+        (self.chunk, self.chunk_count)
+    }
+}
+
+/// A decoded response and its encoded size.
+struct Sized<M> {
+    msg: M,
+    len: usize,
+}
+
+/// The simulated proxy's codec: `DeltaRequest` out, `M` in, with small
+/// buffers (100,000 streams share this process).
+struct SimCodec<M>(std::marker::PhantomData<M>);
+
+fn sim_buffers() -> tonic::codec::BufferSettings {
+    tonic::codec::BufferSettings::new(256, 32 * 1024)
+}
+
+impl<M: Response> tonic::codec::Codec for SimCodec<M> {
+    type Encode = pb::DeltaRequest;
+    type Decode = Sized<M>;
+    type Encoder = SimCodec<M>;
+    type Decoder = SimCodec<M>;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        SimCodec(std::marker::PhantomData)
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        SimCodec(std::marker::PhantomData)
+    }
+}
+
+impl<M: Response> tonic::codec::Encoder for SimCodec<M> {
+    type Item = pb::DeltaRequest;
+    type Error = tonic::Status;
+
+    fn encode(
+        &mut self,
+        item: pb::DeltaRequest,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        item.encode(dst)
+            .map_err(|e| tonic::Status::internal(e.to_string()))
+    }
+
+    fn buffer_settings(&self) -> tonic::codec::BufferSettings {
+        sim_buffers()
+    }
+}
+
+impl<M: Response> tonic::codec::Decoder for SimCodec<M> {
+    type Item = Sized<M>;
+    type Error = tonic::Status;
+
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Sized<M>>, tonic::Status> {
+        use bytes::Buf;
+        let len = src.remaining();
+        M::decode(src)
+            .map(|msg| Some(Sized { msg, len }))
+            .map_err(|e| tonic::Status::internal(e.to_string()))
+    }
+
+    fn buffer_settings(&self) -> tonic::codec::BufferSettings {
+        sim_buffers()
+    }
+}
+
 /// A simulated proxy's stream: hello sent, responses read (keepalives
 /// skipped, bytes counted), the last chunk of each response ACKed.
-struct SimStream {
+struct SimStream<M> {
     tx: mpsc::Sender<pb::DeltaRequest>,
-    stream: tonic::Streaming<pb::DeltaResponse>,
+    stream: tonic::Streaming<Sized<M>>,
     /// Encoded bytes received since the last ACK.
     bytes: usize,
 }
 
-impl SimStream {
+impl<M: Response> SimStream<M> {
     async fn open(channel: tonic::transport::Channel, id: usize) -> Result<Self, tonic::Status> {
-        let (tx, rx) = mpsc::channel(4);
+        Self::open_holding(channel, id, None).await
+    }
+
+    /// As `open`, naming in the hello the configuration it runs
+    /// (`version_number`, `config_version`), as a proxy reconnecting does.
+    async fn open_holding(
+        channel: tonic::transport::Channel,
+        id: usize,
+        holds: Option<(u64, String)>,
+    ) -> Result<Self, tonic::Status> {
+        let (tx, rx) = mpsc::channel(2);
+        let (version_number, config_version) = holds.unwrap_or_default();
         let hello = pb::Hello {
             node: Some(pb::Node {
                 id: format!("sim-{id}"),
@@ -139,6 +298,8 @@ impl SimStream {
                 zone: "a".into(),
                 ..Default::default()
             }),
+            version_number,
+            config_version,
             ..Default::default()
         };
         let _ = tx
@@ -146,11 +307,19 @@ impl SimStream {
                 kind: Some(pb::delta_request::Kind::Hello(hello)),
             })
             .await;
-        let stream = ConfigStreamClient::new(channel)
-            .max_decoding_message_size(64 * 1024 * 1024)
-            .delta(sentinel_tests::join_request(
-                tokio_stream::wrappers::ReceiverStream::new(rx),
-            ))
+        let mut grpc =
+            tonic::client::Grpc::new(channel).max_decoding_message_size(64 * 1024 * 1024);
+        grpc.ready()
+            .await
+            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        let stream = grpc
+            .streaming(
+                sentinel_tests::join_request(tokio_stream::wrappers::ReceiverStream::new(rx)),
+                tonic::codegen::http::uri::PathAndQuery::from_static(
+                    "/sentinel.v1.ConfigStream/Delta",
+                ),
+                SimCodec::<M>(std::marker::PhantomData),
+            )
             .await?
             .into_inner();
         Ok(Self {
@@ -162,26 +331,27 @@ impl SimStream {
 
     /// The next non-keepalive message (one chunk), `None` when the stream
     /// ends. Cancel-safe: the byte count lives in `self`.
-    async fn message(&mut self) -> Result<Option<pb::DeltaResponse>, tonic::Status> {
-        while let Some(msg) = self.stream.message().await? {
-            if !msg.keepalive {
-                self.bytes += msg.encoded_len();
+    async fn message(&mut self) -> Result<Option<M>, tonic::Status> {
+        while let Some(Sized { msg, len }) = self.stream.message().await? {
+            if !msg.keepalive() {
+                self.bytes += len;
                 return Ok(Some(msg));
             }
         }
         Ok(None)
     }
 
-    fn is_last_chunk(msg: &pb::DeltaResponse) -> bool {
-        msg.chunk + 1 >= msg.chunk_count
+    fn is_last_chunk(msg: &M) -> bool {
+        let (chunk, count) = msg.chunk();
+        chunk + 1 >= count
     }
 
     /// ACKs `msg` (the last chunk of a response) and returns the bytes the
     /// whole response took.
-    async fn ack(&mut self, msg: &pb::DeltaResponse) -> usize {
+    async fn ack(&mut self, msg: &M) -> usize {
         let ack = pb::Ack {
-            nonce: msg.nonce.clone(),
-            config_version: msg.config_version.clone(),
+            nonce: msg.nonce().to_string(),
+            config_version: msg.config_version().to_string(),
             ..Default::default()
         };
         let _ = self
@@ -194,22 +364,84 @@ impl SimStream {
     }
 }
 
+/// utime + stime of `pid`, in seconds.
+pub(crate) fn cpu_secs(pid: u32, ticks_per_sec: f64) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let rest = s.rsplit_once(')')?.1.to_string();
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            // After "pid (comm)": state is field 3; utime 14, stime 15.
+            let utime: f64 = f.get(11)?.parse().ok()?;
+            let stime: f64 = f.get(12)?.parse().ok()?;
+            Some((utime + stime) / ticks_per_sec)
+        })
+        .unwrap_or(0.0)
+}
+
+pub(crate) fn clock_ticks() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
 /// One simulated proxy: holds what it received, ACKs everything, reports
 /// (version, bytes, instant) for every response it applied.
+/// Reported by a simulated proxy whose hello a restarted control plane
+/// accepted (in place of a version number).
+const RECONNECTED: u64 = u64::MAX;
+
+/// Set while the control plane restarts (`--restart`): a stream that ends
+/// is opened again, naming what the proxy holds.
+static RESTARTING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// One simulated proxy: holds what it received, ACKs everything, reports
+/// (version, bytes, instant) for every response it applied. With
+/// `RESTARTING` set, reconnects after a broken stream (0–1 s of jitter,
+/// then every 100–300 ms until accepted) with the version it holds.
 async fn proxy(
     channel: tonic::transport::Channel,
     id: usize,
     report: mpsc::UnboundedSender<(u64, usize, Instant)>,
 ) -> Result<(), tonic::Status> {
-    let mut sim = SimStream::open(channel, id).await?;
-    while let Some(msg) = sim.message().await? {
-        if !SimStream::is_last_chunk(&msg) {
-            continue;
+    use rand::Rng;
+    let mut holds: Option<(u64, String)> = None;
+    let mut sim = SimStream::<Head>::open(channel.clone(), id).await?;
+    loop {
+        let ended = loop {
+            match sim.message().await {
+                Ok(Some(msg)) => {
+                    if !SimStream::is_last_chunk(&msg) {
+                        continue;
+                    }
+                    let bytes = sim.ack(&msg).await;
+                    holds = Some((msg.version_number, msg.config_version.clone()));
+                    let _ = report.send((msg.version_number, bytes, Instant::now()));
+                }
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(e),
+            }
+        };
+        if !RESTARTING.load(std::sync::atomic::Ordering::Relaxed) {
+            return ended;
         }
-        let bytes = sim.ack(&msg).await;
-        let _ = report.send((msg.version_number, bytes, Instant::now()));
+        let jitter = rand::rng().random_range(0..1000);
+        tokio::time::sleep(Duration::from_millis(jitter)).await;
+        sim = loop {
+            match SimStream::<Head>::open_holding(channel.clone(), id, holds.clone()).await {
+                Ok(s) => break s,
+                Err(_) => {
+                    let retry = rand::rng().random_range(100..300);
+                    tokio::time::sleep(Duration::from_millis(retry)).await;
+                }
+            }
+        };
+        let _ = report.send((RECONNECTED, 0, Instant::now()));
     }
-    Ok(())
 }
 
 async fn apply(http: &reqwest::Client, api: &str, source: String) -> Instant {
@@ -236,13 +468,15 @@ async fn main() {
         churn::run(&a).await;
         return;
     }
-    let cp = sentinel_tests::ControlPlane::start(&a.cp, "", &["--keepalive-secs", "60"]).await;
+    let mut cp = sentinel_tests::ControlPlane::start(&a.cp, "", &["--keepalive-secs", "60"]).await;
     let pid = cp.pid().unwrap_or(0);
     let http = reqwest::Client::new();
     apply(&http, &cp.url(), config(a.routes, 9001)).await;
 
-    // ~100 streams per HTTP/2 connection.
-    let connections = a.nodes.div_ceil(100).max(1);
+    let ticks = clock_ticks();
+    let connections = a.nodes.div_ceil(a.per_conn).max(1);
+    let connect_started = Instant::now();
+    let cpu_before = cpu_secs(pid, ticks);
     let mut channels = Vec::new();
     for _ in 0..connections {
         let ch = tonic::transport::Endpoint::from_shared(cp.grpc_url())
@@ -255,7 +489,6 @@ async fn main() {
     }
     let (report_tx, mut reports) = mpsc::unbounded_channel();
     let report_tx = Arc::new(report_tx);
-    let connect_started = Instant::now();
     for id in 0..a.nodes {
         let ch = channels[id % connections].clone();
         let tx = (*report_tx).clone();
@@ -282,15 +515,47 @@ async fn main() {
             ),
         }
     }
+    let cpu_connect = cpu_secs(pid, ticks) - cpu_before;
     println!(
-        "{} proxies connected and on v1 in {:.2} s ({} bytes each for the full config)",
+        "{} proxies over {connections} connections connected and on v1 in {:.2} s ({} bytes each for the full config); \
+         control plane CPU {:.1} s, peak RSS {:.0} MiB so far",
         a.nodes,
         connect_started.elapsed().as_secs_f64(),
-        initial_bytes / a.nodes
+        initial_bytes / a.nodes,
+        cpu_connect,
+        peak_rss_mib(pid),
+    );
+    // The change is measured on a settled control plane: the node state of
+    // the connect (hello, ACK and push timeline of every proxy) written to
+    // the database first, as it would be long before the next apply.
+    let settle = Instant::now();
+    let settled = sentinel_tests::wait_for(Duration::from_secs(300), || {
+        let (http, url) = (http.clone(), cp.url());
+        async move {
+            let Ok(r) = http.get(format!("{url}/metrics")).send().await else {
+                return false;
+            };
+            let text = r.text().await.unwrap_or_default();
+            text.lines()
+                .any(|l| l == "sentinel_cp_node_updates_queued 0")
+        }
+    })
+    .await;
+    println!(
+        "node state of the connect written to the database after {:.2} s more{}",
+        settle.elapsed().as_secs_f64(),
+        if settled {
+            ""
+        } else {
+            " (not drained: gave up)"
+        }
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
 
+    let cpu_before = cpu_secs(pid, ticks);
+    let own_before = cpu_secs(std::process::id(), ticks);
     let applied = apply(&http, &cp.url(), config(a.routes, 9002)).await;
+    let answered = applied.elapsed();
     let mut times = Vec::with_capacity(a.nodes);
     let mut bytes = 0usize;
     while times.len() < a.nodes {
@@ -304,16 +569,46 @@ async fn main() {
         }
     }
     times.sort();
-    DONE.store(true, std::sync::atomic::Ordering::Relaxed);
+    if !a.restart {
+        DONE.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
     println!(
         "one-endpoint change, {} proxies, {} routes: convergence p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms; \
-         {} bytes per proxy; control plane peak RSS {:.0} MiB",
+         the apply was answered after {:.0} ms; {} bytes per proxy; control plane CPU {:.2} s for the change, peak RSS {:.0} MiB; this tool's CPU {:.2} s, peak RSS {:.0} MiB",
         a.nodes,
         a.routes,
         percentile(&times, 0.50).as_secs_f64() * 1000.0,
         percentile(&times, 0.99).as_secs_f64() * 1000.0,
         times.last().copied().unwrap_or_default().as_secs_f64() * 1000.0,
+        answered.as_secs_f64() * 1000.0,
         bytes / a.nodes,
+        cpu_secs(pid, ticks) - cpu_before,
+        peak_rss_mib(pid),
+        cpu_secs(std::process::id(), ticks) - own_before,
+        peak_rss_mib(std::process::id()),
+    );
+    if !a.restart {
+        return;
+    }
+    RESTARTING.store(true, std::sync::atomic::Ordering::Relaxed);
+    let killed = Instant::now();
+    cp.restart().await;
+    let pid = cp.pid().unwrap_or(0);
+    let mut back = 0;
+    while back < a.nodes {
+        match tokio::time::timeout(Duration::from_secs(120), reports.recv()).await {
+            Ok(Some((RECONNECTED, _, _))) => back += 1,
+            Ok(Some(_)) => {}
+            _ => panic!("only {back}/{} proxies reconnected", a.nodes),
+        }
+    }
+    DONE.store(true, std::sync::atomic::Ordering::Relaxed);
+    println!(
+        "restart: {} proxies reconnected {:.2} s after the control plane was killed; \
+         the new control plane's CPU {:.1} s, peak RSS {:.0} MiB",
+        a.nodes,
+        killed.elapsed().as_secs_f64(),
+        cpu_secs(pid, ticks),
         peak_rss_mib(pid),
     );
 }
@@ -329,7 +624,7 @@ mod churn {
     use sentinel_tests::consul::{ConsulDouble, Instance};
     use tokio::sync::{mpsc, watch};
 
-    use super::{Args, apply, peak_rss_mib, percentile};
+    use super::{Args, apply, clock_ticks, cpu_secs, peak_rss_mib, percentile};
 
     /// Port of sequence number 0; sequence `n` of an upstream is `BASE + n`.
     const BASE_PORT: u32 = 1024;
@@ -404,7 +699,7 @@ mod churn {
         let mut current: Vec<Option<u32>> = vec![None; shared.upstreams];
         let mut missing = shared.upstreams;
         let mut caught_up = false;
-        let mut sim = super::SimStream::open(channel, id).await?;
+        let mut sim = super::SimStream::<pb::DeltaResponse>::open(channel, id).await?;
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         let mut pending: Vec<(usize, u32)> = Vec::new();
         loop {
@@ -438,7 +733,7 @@ mod churn {
                     pending.push((u, seq));
                 }
             }
-            if !super::SimStream::is_last_chunk(&msg) {
+            if !super::SimStream::<pb::DeltaResponse>::is_last_chunk(&msg) {
                 continue;
             }
             let bytes = sim.ack(&msg).await;
@@ -479,31 +774,6 @@ mod churn {
         }
     }
 
-    /// utime + stime of `pid`, in seconds.
-    fn cpu_secs(pid: u32, ticks_per_sec: f64) -> f64 {
-        std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .and_then(|s| {
-                let rest = s.rsplit_once(')')?.1.to_string();
-                let f: Vec<&str> = rest.split_whitespace().collect();
-                // After "pid (comm)": state is field 3; utime 14, stime 15.
-                let utime: f64 = f.get(11)?.parse().ok()?;
-                let stime: f64 = f.get(12)?.parse().ok()?;
-                Some((utime + stime) / ticks_per_sec)
-            })
-            .unwrap_or(0.0)
-    }
-
-    fn clock_ticks() -> f64 {
-        std::process::Command::new("getconf")
-            .arg("CLK_TCK")
-            .output()
-            .ok()
-            .and_then(|o| String::from_utf8(o.stdout).ok())
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(100.0)
-    }
-
     pub async fn run(a: &Args) {
         let upstreams = a.upstreams.max(1);
         let secs = a.secs.clamp(1, MAX_SECS);
@@ -538,7 +808,7 @@ mod churn {
             last: std::sync::OnceLock::new(),
             caught_up: AtomicUsize::new(0),
         });
-        let connections = a.nodes.div_ceil(100).max(1);
+        let connections = a.nodes.div_ceil(a.per_conn).max(1);
         let mut channels = Vec::new();
         for _ in 0..connections {
             let ch = tonic::transport::Endpoint::from_shared(cp.grpc_url())
