@@ -717,24 +717,34 @@ async fn connections_spread_over_the_workers_and_a_held_port_still_fails() {
     assert_eq!(accepted.iter().sum::<u64>(), 60, "{view}");
     // Chance that a worker with a third of the hash space gets none of 60:
     // (2/3)^60, about 3e-11.
-    assert!(accepted.iter().all(|n| *n > 0), "a worker got no connection: {view}");
+    assert!(
+        accepted.iter().all(|n| *n > 0),
+        "a worker got no connection: {view}"
+    );
 
     // A listener moved to a port another process's listener holds with
     // `SO_REUSEPORT` (another sentinel, say) is refused instead of joining
     // it and taking half its traffic; the old listener keeps serving.
     let held = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     held.set_reuse_port(true).unwrap();
-    held.bind(&"127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap().into())
-        .unwrap();
+    held.bind(
+        &"127.0.0.1:0"
+            .parse::<std::net::SocketAddr>()
+            .unwrap()
+            .into(),
+    )
+    .unwrap();
     held.listen(16).unwrap();
     let held_port = held.local_addr().unwrap().as_socket().unwrap().port();
-    proxy.reload(
-        &config(port, &[backend.addr], "", "")
-            .replace(&format!("127.0.0.1:{port}"), &format!("127.0.0.1:{held_port}")),
-    );
+    proxy.reload(&config(port, &[backend.addr], "", "").replace(
+        &format!("127.0.0.1:{port}"),
+        &format!("127.0.0.1:{held_port}"),
+    ));
     assert!(
         sentinel_tests::wait_for(Duration::from_secs(20), || async {
-            proxy.logs().contains(&format!("cannot bind 127.0.0.1:{held_port}"))
+            proxy
+                .logs()
+                .contains(&format!("cannot bind 127.0.0.1:{held_port}"))
         })
         .await,
         "binding a held port was not refused:\n{}",
