@@ -237,6 +237,11 @@ pub fn client(resource: &pb::Upstream, tls: Option<Arc<tls::TlsClient>>) -> Upst
     connector.set_nodelay(true);
     connector.set_keepalive(Some(Duration::from_secs(60)));
     Client::builder(TokioExecutor::new())
+        // Requests to upstreams are mostly a head and a small body: copying
+        // them into one buffer and writing it beats a `writev` of several
+        // slices (+2 % req/s, docs/benchmarks.md). Responses to clients stay
+        // vectored: flattening those cost 10 % with 64 KiB bodies.
+        .http1_writev(false)
         .pool_idle_timeout(Duration::from_millis(pool.idle_timeout_ms.max(1)))
         .pool_max_idle_per_host(pool.max_idle as usize)
         .pool_timer(hyper_util::rt::TokioTimer::new())
