@@ -72,16 +72,15 @@ impl Connections {
 
 struct ConnGuard {
     conns: Arc<Connections>,
-    listener_open: Arc<AtomicUsize>,
-    listener_changed: Arc<Notify>,
+    listener: Arc<ListenerOpen>,
 }
 
 impl Drop for ConnGuard {
     fn drop(&mut self) {
         self.conns.open.fetch_sub(1, Ordering::AcqRel);
         self.conns.changed.notify_waiters();
-        self.listener_open.fetch_sub(1, Ordering::AcqRel);
-        self.listener_changed.notify_waiters();
+        self.listener.count.fetch_sub(1, Ordering::AcqRel);
+        self.listener.changed.notify_waiters();
         metrics::gauge!("sentinel_open_connections").decrement(1.0);
     }
 }
@@ -269,8 +268,8 @@ fn poisoned() -> BuildError {
 /// `max-connections`.
 #[derive(Default)]
 struct ListenerOpen {
-    open: Arc<AtomicUsize>,
-    changed: Arc<Notify>,
+    count: AtomicUsize,
+    changed: Notify,
 }
 
 /// Accepts on one worker's socket of a listener; runs on that worker, and
@@ -280,12 +279,10 @@ async fn accept_loop(
     spec: Arc<ArcSwap<ListenerSpec>>,
     shared: Arc<Shared>,
     conns: Arc<Connections>,
-    listener: Arc<ListenerOpen>,
+    open: Arc<ListenerOpen>,
     mut stop: watch::Receiver<bool>,
     shutdown: watch::Receiver<bool>,
 ) {
-    let listener_open = &listener.open;
-    let listener_changed = &listener.changed;
     let addr = spec.load().addr;
     let listener = match TcpListener::from_std(socket) {
         Ok(l) => l,
@@ -300,10 +297,9 @@ async fn accept_loop(
         loop {
             let local_limit = spec.load().resource.max_connections as usize;
             let notified_global = conns.changed.notified();
-            let notified_local = listener_changed.notified();
+            let notified_local = open.changed.notified();
             let over_global = conns.open() >= conns.limit.load(Ordering::Acquire);
-            let over_local =
-                local_limit > 0 && listener_open.load(Ordering::Acquire) >= local_limit;
+            let over_local = local_limit > 0 && open.count.load(Ordering::Acquire) >= local_limit;
             if !over_global && !over_local {
                 break;
             }
@@ -329,12 +325,11 @@ async fn accept_loop(
         let _ = stream.set_nodelay(true);
         workers::accepted();
         conns.open.fetch_add(1, Ordering::AcqRel);
-        listener_open.fetch_add(1, Ordering::AcqRel);
+        open.count.fetch_add(1, Ordering::AcqRel);
         metrics::gauge!("sentinel_open_connections").increment(1.0);
         let guard = ConnGuard {
             conns: Arc::clone(&conns),
-            listener_open: Arc::clone(listener_open),
-            listener_changed: Arc::clone(listener_changed),
+            listener: Arc::clone(&open),
         };
         let spec = spec.load_full();
         tokio::spawn(serve_connection(
