@@ -687,6 +687,7 @@ async fn sighup_applies_logging_and_reports_a_pending_worker_thread_count() {
 /// per worker (`SO_REUSEPORT`), and the kernel spreads new connections over
 /// all of them; each worker serves what it accepted. A port someone else
 /// already holds still fails the bind, `SO_REUSEPORT` notwithstanding.
+/// And the proxy runs without transparent huge pages.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_spread_over_the_workers_and_a_held_port_still_fails() {
     let backend = Backend::start("a").await;
@@ -710,6 +711,15 @@ async fn connections_spread_over_the_workers_and_a_held_port_still_fails() {
             .unwrap();
         assert_eq!(r.status(), 200);
     }
+    // The process opted out of transparent huge pages (its memory:
+    // docs/benchmarks.md, "No transparent huge pages").
+    let status = std::fs::read_to_string(format!("/proc/{}/status", proxy.child.id())).unwrap();
+    assert!(
+        status
+            .lines()
+            .any(|l| l.split_whitespace().eq(["THP_enabled:", "0"])),
+        "{status}"
+    );
     let view = proxy.admin_json("/admin/config").await["workers"].clone();
     assert_eq!(view["running"], 3, "{view}");
     let accepted: Vec<u64> = serde_json::from_value(view["accepted_per_worker"].clone()).unwrap();
